@@ -1,0 +1,5 @@
+import sys
+
+from nima.cli import main
+
+sys.exit(main())

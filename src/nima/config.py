@@ -1,0 +1,185 @@
+"""Training configuration: a typed dataclass loaded from JSON and validated on load.
+
+Configs are data (big_vision style): a JSON file per base model and task under
+`models/<BaseModel>/config_{aesthetic,technical}_{cpu,gpu}.json`. Every key is checked: an
+unknown key, a wrong type or an impossible value is a `ConfigError` that names the key, so a
+typo such as `"learning_rate_dens"` fails before any image is decoded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nima.errors import ConfigError
+
+DISTRIBUTIONS = ("auto", "mirrored", "multi_worker", "none")
+TASKS = ("aesthetic", "technical")
+
+
+@dataclass(frozen=True)
+class Config:
+    """All hyper-parameters of one training run. Field names are the JSON keys."""
+
+    base_model_name: str
+    # Extra constructor arguments for the keras.applications model, e.g. {"alpha": 0.5}.
+    base_model_args: dict = field(default_factory=dict)
+    # "imagenet" (Keras downloads and caches it), null (random init) or a path to a weights file.
+    base_weights: str | None = "imagenet"
+    # Square input side of the network; null means the base model's own default (224, 299, ...).
+    input_size: int | None = None
+    # Training images are resized to resize_size x resize_size, then randomly cropped to
+    # input_size (NIMA: 256 -> 224). Validation and prediction resize straight to input_size.
+    resize_size: int | None = 256
+    random_crop: bool = True
+    horizontal_flip: bool = True
+    task: str = "aesthetic"
+    dropout_rate: float = 0.75
+    batch_size: int = 96
+    epochs_train_dense: int = 5
+    learning_rate_dense: float = 1e-3
+    # Legacy Keras `decay`: lr_t = lr / (1 + decay * step), implemented as InverseTimeDecay.
+    decay_dense: float = 0.0
+    epochs_train_all: int = 9
+    learning_rate_all: float = 3e-5
+    decay_all: float = 2.3e-5
+    # Exponent r of the EMD loss; NIMA uses r = 2 (squared EMD).
+    emd_r: float = 2.0
+    validation_fraction: float = 0.05
+    seed: int = 42
+    # Training refuses to start if more than this fraction of label rows has no readable image.
+    max_missing_fraction: float = 0.05
+    distribution: str = "auto"
+    mixed_precision: bool = False
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check_values(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "config") -> "Config":
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(known))})"
+            )
+        if "base_model_name" not in data:
+            raise ConfigError(f"{source}: missing required key 'base_model_name'")
+        try:
+            return cls(**data)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Config":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read config file {path}: {e}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(
+                f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
+            ) from None
+        return cls.from_dict(data, source=str(path))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    """isinstance() for the few annotation shapes Config uses (X, X | None, dict)."""
+    if annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        # JSON has one number type: accept ints for floats, but never booleans.
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               dict: "an object"}
+
+
+def _check_types(cfg: Config) -> None:
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        annotation = hints[f.name]
+        if not _matches(value, annotation):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+            expected = " or ".join(_TYPE_NAMES.get(a, getattr(a, "__name__", str(a))) for a in args)
+            if type(None) in typing.get_args(annotation):
+                expected += " or null"
+            raise ConfigError(f"key {f.name!r} must be {expected}, got {json.dumps(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"key {f.name!r} must be finite, got {value}")
+
+
+def _check_values(cfg: Config) -> None:
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"key {key!r} {why}, got {json.dumps(getattr(cfg, key))}")
+
+    if not cfg.base_model_name.strip():
+        raise bad("base_model_name", "must not be empty")
+    if cfg.input_size is not None and not 32 <= cfg.input_size <= 2048:
+        raise bad("input_size", "must be between 32 and 2048")
+    if cfg.resize_size is not None and not 32 <= cfg.resize_size <= 4096:
+        raise bad("resize_size", "must be between 32 and 4096")
+    if (cfg.resize_size is not None and cfg.input_size is not None
+            and cfg.resize_size < cfg.input_size):
+        raise bad("resize_size", f"must be at least input_size ({cfg.input_size})")
+    if cfg.task not in TASKS:
+        raise bad("task", f"must be one of {', '.join(TASKS)}")
+    if not 0.0 <= cfg.dropout_rate < 1.0:
+        raise bad("dropout_rate", "must be in [0, 1)")
+    if cfg.batch_size < 1:
+        raise bad("batch_size", "must be at least 1")
+    for key in ("epochs_train_dense", "epochs_train_all"):
+        if getattr(cfg, key) < 0:
+            raise bad(key, "must not be negative")
+    if cfg.epochs_train_dense + cfg.epochs_train_all < 1:
+        raise ConfigError("epochs_train_dense + epochs_train_all must be at least 1")
+    for key in ("learning_rate_dense", "learning_rate_all"):
+        if not 0.0 < getattr(cfg, key) <= 10.0:
+            raise bad(key, "must be in (0, 10]")
+    for key in ("decay_dense", "decay_all"):
+        if getattr(cfg, key) < 0:
+            raise bad(key, "must not be negative")
+    if not 0.5 <= cfg.emd_r <= 10:
+        raise bad("emd_r", "must be between 0.5 and 10")
+    if not 0.0 <= cfg.validation_fraction < 1.0:
+        raise bad("validation_fraction", "must be in [0, 1)")
+    if not 0.0 <= cfg.max_missing_fraction <= 1.0:
+        raise bad("max_missing_fraction", "must be in [0, 1]")
+    if cfg.distribution not in DISTRIBUTIONS:
+        raise bad("distribution", f"must be one of {', '.join(DISTRIBUTIONS)}")
+    for k in cfg.base_model_args:
+        if k in ("include_top", "weights", "input_shape", "input_tensor", "pooling", "classes"):
+            raise ConfigError(f"key 'base_model_args' must not set {k!r}: the toolkit sets it")

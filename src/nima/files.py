@@ -1,0 +1,70 @@
+"""Atomic result files: write to a temporary file beside the target, fsync, rename.
+
+A reader (or a crash, or kill -9) sees either the previous file or the complete new one,
+never half of one. A full disk becomes one clear error and leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+from nima.errors import NimaError
+
+
+class WriteError(NimaError):
+    """A result file could not be written (disk full, permission denied, ...)."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path`.
+
+    `suffix` keeps an extension some writers insist on (Keras wants `.keras`).
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=parent)
+        os.close(fd)
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except OSError as e:
+        why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise WriteError(f"cannot write {path}: {why}; the previous file is unchanged") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+    """open() for writing whose result appears at `path` only once complete and synced."""
+    with atomic_path(path) as tmp:
+        try:
+            with open(tmp, mode, **kwargs) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+            raise WriteError(f"cannot write {path}: {why}; the previous file is unchanged") from None
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")

@@ -1,0 +1,163 @@
+"""Image files -> RGB uint8 arrays, the one decoder used for training, evaluation and prediction.
+
+Pillow decodes every format it knows; EXIF orientation is applied; grayscale, 16-bit,
+palette, RGBA (composited on white, as a viewer shows it) and CMYK become RGB; animations
+give their first frame. Images that declare more than MAX_PIXELS are refused from the header
+alone, before any pixel is decoded (decompression bombs). JPEGs are decoded with Pillow's
+draft mode (DCT-domain downscaling) when they are downscaled anyway, which roughly doubles
+decode speed; training and prediction share this path, so they see identical pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from nima.errors import ImageError
+
+log = logging.getLogger(__name__)
+
+# 100 megapixels: a 12000x8000 photo is fine, a 30000x30000 bomb is not.
+MAX_PIXELS = 100_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+def _image_extensions() -> frozenset[str]:
+    exts = {e.lower() for e in Image.registered_extensions()}
+    # Pillow registers some formats that are never photos; they would only add noise to walks.
+    return frozenset(exts - {".pdf", ".eps", ".ps", ".xbm", ".h5", ".hdf", ".grib", ".bufr",
+                             ".fits", ".fit", ".wmf", ".emf", ".mpeg", ".mpg"})
+
+
+IMAGE_EXTENSIONS = _image_extensions()
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open lazily and check the header; raise ImageError with one sentence on failure."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except FileNotFoundError:
+        raise ImageError(f"file not found: {path}") from None
+    except IsADirectoryError:
+        raise ImageError(f"is a directory: {path}") from None
+    except PermissionError:
+        raise ImageError(f"permission denied: {path}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"image declares more than {MAX_PIXELS} pixels, refused: {path}") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"not a recognised image file: {path}") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"cannot read image {path}: {e}") from None
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        img.close()
+        raise ImageError(f"image is {w}x{h}, more than {MAX_PIXELS} pixels, refused: {path}")
+    if w < 1 or h < 1:
+        img.close()
+        raise ImageError(f"image has no pixels: {path}")
+    return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB the way an image viewer would display it."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        # 16-bit / 32-bit grayscale: scale the full range to 8 bits instead of clipping.
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        if img.mode == "F":
+            top = max(float(arr.max()), 1.0)
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
+    """Decode an image file to an RGB uint8 array of shape (H, W, 3).
+
+    With `size`, the image is resized to size x size (NIMA squashes, it does not crop).
+    """
+    img = open_image(path)
+    try:
+        with img:
+            if size is not None and img.format == "JPEG":
+                img.draft("RGB", (size, size))
+            try:
+                img.load()
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                raise ImageError(f"cannot decode image {path}: {e}") from None
+            try:
+                img = ImageOps.exif_transpose(img)
+            except Exception as e:  # malformed EXIF must not lose an otherwise good image
+                log.debug("ignoring bad EXIF in %s: %s", path, e)
+            img = to_rgb(img)
+            if size is not None and img.size != (size, size):
+                img = img.resize((size, size), Image.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, MemoryError) as e:
+        raise ImageError(f"cannot decode image {path}: {e}") from None
+
+
+def is_image_file(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def iter_image_files(source: str | Path) -> Iterator[Path]:
+    """Yield image files under source (a file or a directory walked recursively).
+
+    Deterministic (sorted) order so that shards and resumed runs agree; streams, so a folder
+    of millions never sits in memory as one list. Symlinked directories are followed once
+    (loops are cut); files are selected by extension, so a text file named .jpg is yielded
+    and then reported as unreadable by the decoder.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise ImageError(f"image source not found: {source}")
+    if not source.is_dir():
+        yield source
+        return
+    seen: set[tuple[int, int]] = set()
+
+    def walk(d: Path) -> Iterator[Path]:
+        try:
+            st = d.stat()
+        except OSError as e:
+            log.warning("skipping directory %s: %s", d, e)
+            return
+        if (st.st_dev, st.st_ino) in seen:
+            log.warning("skipping directory %s: already visited (symlink loop?)", d)
+            return
+        seen.add((st.st_dev, st.st_ino))
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as e:
+            log.warning("skipping directory %s: %s", d, e)
+            return
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()  # follows symlinks
+            except OSError:
+                is_dir = False
+            if is_dir:
+                yield from walk(Path(entry.path))
+            elif is_image_file(entry.name):
+                yield Path(entry.path)
+
+    yield from walk(source)

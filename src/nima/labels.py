@@ -1,0 +1,190 @@
+"""Label (samples) files: load, validate, find their images, split.
+
+Format: a JSON array of `{"image_id": str, "label": [10 numbers]}`. Labels are vote counts
+(AVA) or probabilities (TID2013); both are normalised on load. Images are
+`<image_dir>/<image_id>.<ext>` with any common extension in any case (TID2013 uses .bmp and
+mixes `I01_..`/`i01_..` ids), found with one directory listing instead of a stat per guess.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from nima import scores
+from nima.images import is_image_file
+from nima.errors import DataError, LabelError
+
+log = logging.getLogger(__name__)
+
+MAX_ID_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class Sample:
+    image_id: str
+    label: np.ndarray  # shape (10,), float64, sums to 1
+
+
+def validate_image_id(image_id: Any) -> str | None:
+    """Return why an image id is unacceptable, or None. Ids become file names: no traversal."""
+    if not isinstance(image_id, str):
+        return f"image_id must be a string, got {json.dumps(image_id)[:40]}"
+    if not image_id or len(image_id) > MAX_ID_LENGTH:
+        return f"image_id must have 1 to {MAX_ID_LENGTH} characters"
+    if "/" in image_id or "\\" in image_id or "\x00" in image_id or image_id in (".", ".."):
+        return f"image_id {image_id!r} must be a plain file name (no path separators or '..')"
+    return None
+
+
+def validate_label(label: Any) -> str | None:
+    """Return why a label is unacceptable, or None."""
+    if not isinstance(label, list) or len(label) != scores.N_BINS:
+        n = len(label) if isinstance(label, list) else type(label).__name__
+        return f"label must be a list of {scores.N_BINS} numbers, got {n}"
+    for v in label:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return f"label values must be numbers, got {json.dumps(v)[:40]}"
+        if not math.isfinite(v):
+            return "label values must be finite"
+        if v < 0:
+            return "label values must not be negative"
+    if sum(label) <= 0:
+        return "label values must have a positive sum"
+    return None
+
+
+def parse_samples(data: Any, source: str = "samples") -> list[Sample]:
+    """Validate decoded JSON; errors name the row (0-based index) and its id."""
+    if not isinstance(data, list):
+        raise LabelError(f"{source}: expected a JSON array of samples, got {type(data).__name__}")
+    samples: list[Sample] = []
+    seen: dict[str, int] = {}
+    for i, row in enumerate(data):
+        where = f"{source}: row {i}"
+        if not isinstance(row, dict):
+            raise LabelError(f"{where}: expected an object, got {type(row).__name__}")
+        missing = {"image_id", "label"} - row.keys()
+        if missing:
+            raise LabelError(f"{where}: missing key {sorted(missing)[0]!r}")
+        why = validate_image_id(row["image_id"])
+        if why:
+            raise LabelError(f"{where}: {why}")
+        image_id = row["image_id"]
+        where = f"{where} (image_id {image_id!r})"
+        why = validate_label(row["label"])
+        if why:
+            raise LabelError(f"{where}: {why}")
+        if image_id in seen:
+            raise LabelError(f"{where}: duplicate image_id, first seen in row {seen[image_id]}")
+        seen[image_id] = i
+        samples.append(Sample(image_id, scores.normalize(row["label"])))
+    return samples
+
+
+def load_samples(path: str | Path) -> list[Sample]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LabelError(f"samples file not found: {path}") from None
+    except IsADirectoryError:
+        raise LabelError(f"samples file is a directory: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise LabelError(f"cannot read samples file {path}: {e}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise LabelError(
+            f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
+        ) from None
+    samples = parse_samples(data, source=str(path))
+    if not samples:
+        raise LabelError(f"{path}: contains no samples")
+    return samples
+
+
+def samples_to_json(samples: Iterable[Sample]) -> str:
+    """One object per line inside the array, like the shipped files (diff-friendly)."""
+    rows = [json.dumps({"image_id": s.image_id, "label": [float(v) for v in s.label]},
+                       separators=(",", ":")) for s in samples]
+    return "[\n" + ",\n".join(rows) + ("\n" if rows else "") + "]\n"
+
+
+def index_images(image_dir: str | Path) -> dict[str, Path]:
+    """Map image id (file stem) -> path for every image file directly in image_dir.
+
+    Exact-case stems win; a lower-cased key is added as a fallback so that TID2013's
+    `i04_01_2` finds `I04_01_2.BMP`.
+    """
+    image_dir = Path(image_dir)
+    if not image_dir.exists():
+        raise DataError(f"image directory not found: {image_dir}")
+    if not image_dir.is_dir():
+        raise DataError(f"image directory is not a directory: {image_dir}")
+    exact: dict[str, Path] = {}
+    folded: dict[str, Path] = {}
+    try:
+        entries = list(os.scandir(image_dir))
+    except PermissionError:
+        raise DataError(f"image directory is not readable: {image_dir}") from None
+    for entry in sorted(entries, key=lambda e: e.name):
+        if not is_image_file(entry.name):
+            continue
+        stem = os.path.splitext(entry.name)[0]
+        exact.setdefault(stem, Path(entry.path))
+        folded.setdefault(stem.lower(), Path(entry.path))
+    return {**folded, **exact}
+
+
+def find_images(
+    samples: Sequence[Sample], image_dir: str | Path
+) -> tuple[list[tuple[Sample, Path]], list[str]]:
+    """Pair samples with their image files; return (found, missing ids)."""
+    index = index_images(image_dir)
+    found, missing = [], []
+    for s in samples:
+        path = index.get(s.image_id) or index.get(s.image_id.lower())
+        if path is None:
+            missing.append(s.image_id)
+        else:
+            found.append((s, path))
+    return found, missing
+
+
+def check_missing(n_total: int, bad_ids: Sequence[str], max_fraction: float, what: str) -> None:
+    """Report skipped samples; raise DataError when too many are unusable."""
+    if not bad_ids:
+        return
+    shown = ", ".join(bad_ids[:10]) + (", ..." if len(bad_ids) > 10 else "")
+    fraction = len(bad_ids) / max(n_total, 1)
+    log.warning("%d of %d samples %s and are skipped: %s", len(bad_ids), n_total, what, shown)
+    if fraction > max_fraction:
+        raise DataError(
+            f"{len(bad_ids)} of {n_total} samples ({fraction:.1%}) {what}, more than "
+            f"max_missing_fraction {max_fraction:.1%}; first: {shown}"
+        )
+
+
+def split(
+    items: Sequence[Any], fraction: float, seed: int
+) -> tuple[list[Any], list[Any]]:
+    """Seeded shuffle split -> (train, validation). At least one validation item if fraction > 0."""
+    items = list(items)
+    if fraction <= 0 or len(items) < 2:
+        return items, []
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_val = min(max(1, round(len(items) * fraction)), len(items) - 1)
+    val_idx = set(order[:n_val])
+    train = [it for i, it in enumerate(items) if i not in val_idx]
+    val = [it for i, it in enumerate(items) if i in val_idx]
+    return train, val

@@ -1,0 +1,200 @@
+"""NIMA on any keras.applications base: backbone, preprocessing layer, head, EMD loss.
+
+    image (float 0..255 RGB) -> Preprocess(base's own mode) -> base CNN (avg pool)
+        -> Dropout -> Dense(10, softmax)
+
+The base model's `preprocess_input` is part of the graph (a registered layer, not a Lambda),
+so a saved model takes plain RGB pixels everywhere: Keras, SavedModel, TFLite and ONNX see
+the same input, and safe-mode loading never has to deserialise Python code.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+from keras import ops
+
+from nima.config import Config
+from nima.errors import ModelError
+from nima.scores import N_BINS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    preprocess: str  # "tf" [-1, 1] | "torch" ImageNet mean/std | "caffe" BGR minus mean | "none"
+    input_size: int
+
+
+def _family(names: list[str], preprocess: str, size: int | list[int]) -> dict[str, BaseSpec]:
+    sizes = size if isinstance(size, list) else [size] * len(names)
+    return {n: BaseSpec(preprocess, s) for n, s in zip(names, sizes)}
+
+
+# keras.applications models by name. "none" families rescale inside the model itself.
+BASES: dict[str, BaseSpec] = {
+    **_family(["MobileNet", "MobileNetV2"], "tf", 224),
+    **_family(["MobileNetV3Small", "MobileNetV3Large"], "none", 224),
+    **_family(["InceptionV3", "InceptionResNetV2", "Xception"], "tf", 299),
+    **_family(["ResNet50", "ResNet101", "ResNet152"], "caffe", 224),
+    **_family(["ResNet50V2", "ResNet101V2", "ResNet152V2"], "tf", 224),
+    **_family(["VGG16", "VGG19"], "caffe", 224),
+    **_family(["DenseNet121", "DenseNet169", "DenseNet201"], "torch", 224),
+    **_family(["NASNetMobile", "NASNetLarge"], "tf", [224, 331]),
+    **_family([f"EfficientNetB{i}" for i in range(8)], "none",
+              [224, 240, 260, 300, 380, 456, 528, 600]),
+    **_family(["EfficientNetV2B0", "EfficientNetV2B1", "EfficientNetV2B2", "EfficientNetV2B3",
+               "EfficientNetV2S", "EfficientNetV2M", "EfficientNetV2L"], "none",
+              [224, 240, 260, 300, 384, 480, 480]),
+    **_family(["ConvNeXtTiny", "ConvNeXtSmall", "ConvNeXtBase", "ConvNeXtLarge",
+               "ConvNeXtXLarge"], "none", 224),
+}
+
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+
+
+@keras.saving.register_keras_serializable(package="nima")
+class Preprocess(keras.layers.Layer):
+    """keras.applications' `preprocess_input` modes as a serialisable layer (input 0..255 RGB)."""
+
+    def __init__(self, mode: str = "tf", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("tf", "torch", "caffe", "none"):
+            raise ValueError(f"unknown preprocess mode {mode!r}")
+        self.mode = mode
+
+    def call(self, x):
+        x = ops.cast(x, self.compute_dtype)
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        if self.mode == "torch":
+            mean = ops.convert_to_tensor(_TORCH_MEAN, dtype=x.dtype)
+            std = ops.convert_to_tensor(_TORCH_STD, dtype=x.dtype)
+            return (x / 255.0 - mean) / std
+        if self.mode == "caffe":
+            mean = ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=x.dtype)
+            return ops.flip(x, axis=-1) - mean
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="nima")
+class EMDLoss(keras.losses.Loss):
+    """NIMA's Earth Mover's Distance between score distributions, per sample, then averaged.
+
+    EMD_r(p, q) = (1/N * sum_k |CDF_p(k) - CDF_q(k)|^r)^(1/r), r = 2 in the paper.
+    """
+
+    def __init__(self, r: float = 2.0, name: str = "emd", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.r = float(r)
+
+    def call(self, y_true, y_pred):
+        y_pred = ops.cast(y_pred, "float32")
+        y_true = ops.cast(y_true, "float32")
+        cdf_diff = ops.abs(ops.cumsum(y_true, axis=-1) - ops.cumsum(y_pred, axis=-1))
+        mean = ops.mean(ops.power(cdf_diff, self.r), axis=-1)
+        # The r-th root has an infinite gradient at 0; a floor far below any real loss avoids NaN.
+        return ops.power(ops.maximum(mean, 1e-12), 1.0 / self.r)
+
+    def get_config(self):
+        return {**super().get_config(), "r": self.r}
+
+
+def base_spec(name: str) -> BaseSpec:
+    if name in BASES:
+        return BASES[name]
+    if hasattr(keras.applications, name):
+        raise ModelError(
+            f"base model {name!r} exists in keras.applications but its preprocessing is not "
+            f"registered in nima.model.BASES; add it there"
+        )
+    raise ModelError(f"unknown base model {name!r}; choose one of: {', '.join(sorted(BASES))}")
+
+
+def input_size_for(config: Config) -> int:
+    return config.input_size or base_spec(config.base_model_name).input_size
+
+
+def build_base(config: Config, input_size: int) -> keras.Model:
+    """The keras.applications CNN without its top, global-average pooled."""
+    spec = base_spec(config.base_model_name)  # validates the name
+    constructor = getattr(keras.applications, config.base_model_name)
+    weights = config.base_weights
+    kwargs = dict(include_top=False, pooling="avg", input_shape=(input_size, input_size, 3),
+                  **config.base_model_args)
+    if weights not in (None, "imagenet"):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise ModelError(f"base_weights file not found: {path}")
+        weights = str(path)
+    try:
+        base = constructor(weights=weights, **kwargs)
+    except TypeError as e:
+        raise ModelError(f"invalid base_model_args for {config.base_model_name}: {e}") from None
+    except ValueError as e:
+        raise ModelError(f"cannot build {config.base_model_name}: {e}") from None
+    except Exception as e:
+        if weights == "imagenet" and ("fetch" in str(e).lower() or "url" in str(e).lower()):
+            raise ModelError(
+                f"cannot download ImageNet weights for {config.base_model_name} (no network?): "
+                "run once with internet access so Keras caches them in ~/.keras/models, or set "
+                '"base_weights" to null (random init) or to a local weights file'
+            ) from None
+        raise
+    log.info("base %s (%s preprocessing), input %dx%d, weights=%s", config.base_model_name,
+             spec.preprocess, input_size, input_size, config.base_weights)
+    return base
+
+
+def build_model(config: Config) -> keras.Model:
+    size = input_size_for(config)
+    inputs = keras.Input((size, size, 3), name="image")
+    x = Preprocess(base_spec(config.base_model_name).preprocess, name="preprocess")(inputs)
+    x = build_base(config, size)(x)
+    x = keras.layers.Dropout(config.dropout_rate, name="dropout")(x)
+    # float32 softmax even under mixed precision: fp16 probabilities make the EMD noisy.
+    outputs = keras.layers.Dense(N_BINS, activation="softmax", dtype="float32", name="scores")(x)
+    return keras.Model(inputs, outputs, name=f"nima_{config.base_model_name}")
+
+
+def base_of(model: keras.Model) -> keras.Model:
+    """The nested keras.applications model inside a NIMA model."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            return layer
+    raise ModelError(f"model {model.name!r} has no nested base model")
+
+
+def set_base_trainable(model: keras.Model, trainable: bool) -> None:
+    # A frozen BatchNormalization runs in inference mode in Keras 3, which is what phase 1 needs.
+    base_of(model).trainable = trainable
+
+
+def load_model(path: str | Path) -> keras.Model:
+    """Load a `.keras` NIMA model without executing code from the file (safe mode)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:
+        raise ModelError(f"cannot load model {path}: {str(e).splitlines()[0][:300]}") from None
+
+
+def model_input_size(model: keras.Model) -> int:
+    shape = model.input_shape
+    if shape[1] is None or shape[1] != shape[2]:
+        raise ModelError(f"model input must be square with a fixed size, got {shape}")
+    return int(shape[1])
