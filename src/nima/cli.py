@@ -113,8 +113,46 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="dataset tools (nima data COMMAND --help)",
+                       description="Build and prepare datasets.")
+    dsub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    _data_distort(dsub)
+
+
+def _data_distort(dsub: argparse._SubParsersAction) -> None:
+    p = dsub.add_parser(
+        "distort", help="make a technical-quality dataset from pristine photos",
+        description="From pristine photos, write random crops with Gaussian blur, Gaussian "
+        "noise, JPEG compression and contrast/exposure change at 5 levels each, label files "
+        "(mean score 8.5 pristine falling to 2.0 at level 5) split train/test by source photo, "
+        "and a manifest. See docs/default-model.md.")
+    p.add_argument("--source", type=Path, required=True, help="folder of pristine photos")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: images/, labels_train.json, labels_test.json, "
+                   "manifest.json")
+    p.add_argument("--seed", type=int, default=0, help="crops, noise and split (default 0)")
+    p.add_argument("--crops", type=int, default=8, help="random crops per photo (default 8)")
+    p.add_argument("--size", type=int, default=192, help="crop side in pixels (default 192)")
+    p.add_argument("--test-fraction", type=float, default=0.2,
+                   help="fraction of source photos held out for testing (default 0.2)")
+
+    def run(a: argparse.Namespace) -> int:
+        from nima.data.distort import distort_dataset
+
+        m = distort_dataset(a.source, a.out, seed=a.seed, crops=a.crops, size=a.size,
+                            test_fraction=a.test_fraction)
+        n_test = sum(s["split"] == "test" for s in m["sources"])
+        print(f"{len(m['sources'])} source photos ({n_test} held out): "
+              f"{m['n_images']['train']} training and {m['n_images']['test']} test images "
+              f"in {a.out}")
+        return EXIT_OK
+
+    p.set_defaults(run=run)
+
+
 # Subcommands in help order; other modules' commands are added here.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_train, _predict, _evaluate]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_train, _predict, _evaluate, _data]
 
 
 class UsageError(Exception):
