@@ -36,15 +36,16 @@ L16 = "lomiri-wallpapers-16.04"
 # (name, origin, path inside it, author, licence). Read each against the package's own
 # copyright file (/usr/share/doc/<package>/copyright) or the library's data README.
 SOURCES: list[tuple[str, str, str, str, str]] = [
-    ("astronaut", "scikit-image", "astronaut", "NASA (Eileen Collins)", "public domain"),
+    ("astronaut", "scikit-image", "astronaut", "NASA (photo of Eileen Collins)",
+     "public domain"),
     ("coffee", "scikit-image", "coffee", "Rachel Michetti", "CC0"),
     ("chelsea", "scikit-image", "chelsea", "Stefan van der Walt", "CC0"),
-    ("rocket", "scikit-image", "rocket", "SpaceX", "CC0 / public domain"),
-    ("camera", "scikit-image", "camera", "scikit-image (cameraman replacement)", "CC0"),
-    ("coins", "scikit-image", "coins", "Walters Art Museum", "public domain"),
-    ("china", "scikit-learn", "china.jpg", "Flickr user 'Lyn' (sklearn README)", "CC-BY 2.0"),
-    ("flower", "scikit-learn", "flower.jpg", "Flickr user 'Vimal Kumar' (sklearn README)",
-     "CC-BY 2.0"),
+    ("rocket", "scikit-image", "rocket", "SpaceX (DSCOVR launch)", "public domain"),
+    ("camera", "scikit-image", "camera", "Lav Varshney", "CC0"),
+    ("coins", "scikit-image", "coins", "Brooklyn Museum collection",
+     "no known copyright restrictions"),
+    ("china", "scikit-learn", "china.jpg", "Flickr user danielbuechele", "CC-BY-2.0"),
+    ("flower", "scikit-learn", "flower.jpg", "Flickr user vultilion", "CC-BY-2.0"),
     ("bridge", L16, BG + "Bridge_by_Sander_Klootwijk.jpg", "Sander Klootwijk", "CC-BY-SA-4.0"),
     ("dragonfly", L16, BG + "Dragonfly_by_Bolly.jpg", "Bolly", "CC-BY-SA-4.0"),
     ("fig", L16, BG + "Picture_0B_by_freespace.jpg", "Trevor 'Freespace'", "CC-BY-4.0"),
