@@ -151,8 +151,36 @@ def _data_distort(dsub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate", help="re-estimate a model's BatchNorm statistics (precise BN)",
+        description="Re-estimate every BatchNormalization's moving mean and variance as the "
+        "average batch statistics over random training images, weights unchanged. Fixes "
+        "models trained from random init whose inference-mode scores lag behind training "
+        "mode (see docs/default-model.md).")
+    p.add_argument("--model", type=Path, required=True, help="a .keras model")
+    p.add_argument("--samples-file", type=Path, required=True, help="training label file")
+    p.add_argument("--image-dir", type=Path, required=True)
+    p.add_argument("--output-file", type=Path, required=True, help="the calibrated .keras model")
+    p.add_argument("--batches", type=int, default=64, help="batches to average (default 64)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="which images are drawn (default 0)")
+
+    def run(a: argparse.Namespace) -> int:
+        from nima.calibrate import calibrate_file
+
+        if a.batches < 1 or a.batch_size < 2:
+            raise UsageError("--batches must be >= 1 and --batch-size >= 2")
+        n = calibrate_file(a.model, a.samples_file, a.image_dir, a.output_file,
+                           batches=a.batches, batch_size=a.batch_size, seed=a.seed)
+        print(f"BatchNorm statistics re-estimated from {n} batches; model in {a.output_file}")
+        return EXIT_OK
+
+    p.set_defaults(run=run)
+
+
 # Subcommands in help order; other modules' commands are added here.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_train, _predict, _evaluate, _data]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_train, _predict, _evaluate, _data, _calibrate]
 
 
 class UsageError(Exception):
