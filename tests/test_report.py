@@ -56,6 +56,7 @@ def run(tmp_path_factory):
 
 # --- training history --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_training_writes_history_png(run):
     history = json.loads((run.job / "history.json").read_text())
     assert [r["phase"] for r in history] == ["dense", "all"]
@@ -97,6 +98,7 @@ def _check_eval_report(report_dir: Path, metrics: dict) -> Page:
     return page
 
 
+@pytest.mark.slow
 def test_evaluate_report_for_a_model(run, tmp_path):
     out = tmp_path / "rep"
     assert cli.main(["evaluate", "--samples-file", str(run.samples), "--image-dir",
@@ -127,6 +129,7 @@ def test_confusion_counts():
 
 # --- gallery from the real run ------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_gallery_of_a_real_prediction_run(run, tmp_path):
     out = tmp_path / "gallery.html"
     assert cli.main(["report", str(run.predictions), "--image-source", str(run.image_dir),
