@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -53,8 +52,10 @@ def make_inputs(root: Path, n_images: int, n_entries: int) -> tuple[Path, Path]:
 
 def run(args: list[str]) -> tuple[float, float]:
     """Run `nima report ...` in a child; (seconds, peak RSS MiB of that child)."""
-    code = ("import resource, sys; from nima import cli; rc = cli.main(sys.argv[1:]); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
+    # VmHWM of the child's own address space (ru_maxrss would include the parent's at fork).
+    code = ("import re, sys; from nima import cli; rc = cli.main(sys.argv[1:]); "
+            "s = open('/proc/self/status').read(); "
+            "print(re.search(r'VmHWM:\\s+(\\d+)', s).group(1), file=sys.stderr); "
             "sys.exit(rc)")
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code, "report", *args], capture_output=True,
