@@ -27,14 +27,16 @@ def test_check_reports_every_kind_of_problem(tmp_path, capsys):
     make_images(tmp_path / "big", 1, size=(80, 120))
     (tmp_path / "big" / "img0000.jpg").rename(images / "big.jpg")
     rows.append({"image_id": "big", "label": [1] * 10})
-    # truncated JPEG: first half of a good one
-    data = (images / "img0001.jpg").read_bytes()
-    (images / "img0001.jpg").write_bytes(data[: len(data) // 2])
+    # truncated JPEG, cut inside the compressed scan (header intact, end marker gone)
+    make_images(tmp_path / "large", 1, size=(200, 300))
+    data = (tmp_path / "large" / "img0000.jpg").read_bytes()
+    (images / "img0001.jpg").write_bytes(data[: len(data) * 2 // 3])
     # truncated PNG
-    Image.new("RGB", (64, 64), (9, 9, 9)).save(images / "img0002.png")
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(images / "img0002.png")
     (images / "img0002.jpg").unlink()
     png = (images / "img0002.png").read_bytes()
-    (images / "img0002.png").write_bytes(png[:-20])
+    (images / "img0002.png").write_bytes(png[: len(png) // 2])
     (images / "img0003.jpg").write_bytes(b"not an image at all")
     (images / "img0004.jpg").unlink()
     # JPEG with bytes appended after its end marker is fine, not truncated

@@ -39,11 +39,13 @@ def read_ava(path: str | Path) -> list[AvaRow]:
         if len(fields) != N_FIELDS:
             raise input_error(path, lineno, f"expected {N_FIELDS} fields (index, image id, 10 "
                               f"vote counts, 2 tags, challenge), got {len(fields)}")
-        try:
-            numbers = [int(f) for f in fields[2:]]
-        except ValueError:
-            raise input_error(path, lineno, "vote counts, tags and challenge must be "
-                              "integers") from None
+        numbers = []
+        for col, f in enumerate(fields[2:], 3):
+            try:
+                numbers.append(int(f))
+            except ValueError:
+                raise input_error(path, lineno, f"field {col} must be an integer (vote counts, "
+                                  f"tags and challenge are), got {f!r}") from None
         image_id = fields[1]
         why = validate_image_id(image_id)
         if why:

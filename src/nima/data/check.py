@@ -76,12 +76,20 @@ def _ends_cleanly(path: Path, fmt: str | None) -> bool:
     return tail.endswith(marker)
 
 
+def _says_truncated(e: Exception) -> bool:
+    # Pillow's words for running out of data: "image file is truncated", "Truncated File
+    # Read", "premature end of file" ...
+    text = str(e).lower()
+    return "truncated" in text or "end of file" in text
+
+
 def check_image(path: Path, full_decode: bool = False, min_size: int = 0) -> tuple[str, str] | None:
     """(kind, message) for a bad image file, None for a good one."""
     try:
         img = open_image(path)
     except ImageError as e:
-        return "unreadable", str(e)
+        # a file cut inside its header already fails here
+        return ("truncated" if _says_truncated(e) else "unreadable"), str(e)
     try:
         with img:
             w, h = img.size
@@ -89,7 +97,7 @@ def check_image(path: Path, full_decode: bool = False, min_size: int = 0) -> tup
                 if full_decode or not _ends_cleanly(path, img.format):
                     img.load()
             except OSError as e:
-                if "truncated" in str(e) or "end of file" in str(e).lower():
+                if _says_truncated(e):
                     return "truncated", f"truncated image: {path}"
                 return "unreadable", f"cannot decode image {path}: {e}"
             except (ValueError, SyntaxError, Image.DecompressionBombError, MemoryError) as e:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import optimize, special, stats
+from scipy import optimize, stats
 
 from nima.scores import N_BINS, RATINGS
 
@@ -26,8 +26,10 @@ def rescale(value: float, lo: float, hi: float) -> float:
 
 
 def _maxent(lam: float) -> np.ndarray:
-    # softmax of λk, stable for any λ
-    return special.softmax(lam * RATINGS)
+    # softmax of λk, shifted so that exp never overflows for any λ
+    z = lam * RATINGS
+    e = np.exp(z - z.max())
+    return e / e.sum()
 
 
 def maxent_distribution(mean: float) -> np.ndarray:

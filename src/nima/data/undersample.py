@@ -23,7 +23,8 @@ from nima.labels import parse_samples
 
 def rating_bin(mean: float) -> int:
     """Mean score -> 1..10, halves rounded up (round() would send 5.5 to 6 but 6.5 to 6)."""
-    return min(max(int(math.floor(mean + 0.5)), 1), scores.N_BINS)
+    # rounding to 9 decimals first: 6.5 must not become 6.4999999999 in one summation order
+    return min(max(int(math.floor(round(mean, 9) + 0.5)), 1), scores.N_BINS)
 
 
 @dataclass
