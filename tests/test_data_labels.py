@@ -244,3 +244,18 @@ def test_mos_malformed_rows_name_file_and_line(tmp_path, content, kwargs, messag
     with pytest.raises(DataError, match=message):
         mos.convert(tmp_path / "m.csv", tmp_path / "o.json", **kwargs)
     assert not (tmp_path / "o.json").exists()
+
+
+def test_data_tools_do_not_import_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys; from nima.cli import main; "
+            "import nima.data.ava, nima.data.tid2013, nima.data.mos, nima.data.undersample, "
+            "nima.data.check, nima.data.stats; "
+            "main(['data', 'stats', sys.argv[1]]); "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
+    r = subprocess.run([sys.executable, "-c", code, str(TID / "tid_labels_test.json")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "360 images" in r.stdout
