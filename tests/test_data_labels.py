@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from conftest import REPO
 from nima import scores
@@ -45,6 +46,14 @@ def test_maxent_hits_mean_and_is_a_distribution(mean):
     # log p is linear in the rating: that is what maximum entropy means here
     if 1.01 < mean < 9.99:
         assert np.allclose(np.diff(np.log(p)), np.diff(np.log(p))[0], atol=1e-9)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=1.0, max_value=10.0))
+def test_maxent_any_mean(mean):
+    p = maxent_distribution(mean)
+    assert np.all(p >= 0) and abs(p.sum() - 1) < 1e-12
+    assert abs(float(p @ scores.RATINGS) - mean) < 1e-6
 
 
 def test_maxent_rejects_means_outside_the_scale():
@@ -131,6 +140,21 @@ def test_ava_malformed_lines_name_file_and_line(tmp_path, capsys, bad_line, mess
     assert not (tmp_path / "ava_labels_train.json").exists()
 
 
+def test_ava_rebuilds_the_shipped_test_file(tmp_path):
+    """25,551 real AVA rows through AVA.txt and an official test-id list, counts unchanged."""
+    shipped = json.loads((REPO / "data" / "AVA" / "ava_labels_test.json").read_text())
+    (tmp_path / "AVA.txt").write_text("".join(
+        f"{i + 1} {r['image_id']} {' '.join(map(str, r['label']))} 0 0 0\n"
+        for i, r in enumerate(shipped)))
+    test_ids = [r["image_id"] for r in shipped[::2]]
+    (tmp_path / "test.jpgl").write_text("\n".join(test_ids) + "\n")
+    r = ava.build(tmp_path / "AVA.txt", tmp_path / "out", test_ids=tmp_path / "test.jpgl")
+    assert r.total == len(shipped) == 25551
+    test = json.loads((tmp_path / "out" / "ava_labels_test.json").read_text())
+    train = json.loads((tmp_path / "out" / "ava_labels_train.json").read_text())
+    assert test == shipped[::2] and train == shipped[1::2]
+
+
 def test_tags_file_errors_have_line_numbers(tmp_path):
     (tmp_path / "tags.txt").write_text("1 Abstract\nInterior\n")
     with pytest.raises(DataError, match="tags.txt:2: expected 'id name'"):
@@ -160,8 +184,11 @@ def test_tid2013_reproduces_the_shipped_files(tmp_path):
         ours = json.loads((out / name).read_text())
         shipped = json.loads((TID / name).read_text())
         assert [r["image_id"] for r in ours] == [r["image_id"] for r in shipped]
-        diff = np.abs(np.array([r["label"] for r in ours]) - [r["label"] for r in shipped])
-        assert diff.max() < 1e-6
+        ours_p = np.array([r["label"] for r in ours])
+        shipped_p = np.array([r["label"] for r in shipped])
+        assert np.abs(ours_p - shipped_p).max() < 1e-6
+        assert np.abs(ours_p @ scores.RATINGS - shipped_p @ scores.RATINGS).max() < 1e-6
+        assert np.all(ours_p >= 0) and np.allclose(ours_p.sum(axis=1), 1, atol=1e-12)
 
 
 def test_tid2013_splits_by_reference_image(tmp_path):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize, special
 
 from nima.scores import N_BINS, RATINGS
 
@@ -66,6 +66,6 @@ def normal_distribution(mean: float, sd: float) -> np.ndarray:
         p[int(math.floor(mean + 0.5)) - 1] = 1.0
         return p
     edges = np.concatenate(([-np.inf], RATINGS[:-1] + 0.5, [np.inf]))
-    cdf = stats.norm.cdf(edges, loc=mean, scale=sd)
+    cdf = special.ndtr((edges - mean) / sd)
     p = np.diff(cdf)
     return p / p.sum()
