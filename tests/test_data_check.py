@@ -88,7 +88,7 @@ def test_check_good_dataset_exits_0(tmp_path, dataset, capsys):
 def test_check_shipped_ava_labels_with_few_images(tmp_path, capsys):
     rows = json.loads(AVA_TEST.read_text())
     images = tmp_path / "images"
-    make_images(images, 5)
+    make_images(images, 6)  # the 6th keeps its name and has no label
     for i, row in enumerate(rows[:5]):  # give 5 real ids an image
         (images / f"img{i:04d}.jpg").rename(images / f"{row['image_id']}.jpg")
     report = tmp_path / "report.json"
@@ -96,7 +96,8 @@ def test_check_shipped_ava_labels_with_few_images(tmp_path, capsys):
     assert main(["data", "check", str(AVA_TEST), "--image-dir", str(images),
                  "--report", str(report), "--write-clean", str(clean)]) == 3
     out = capsys.readouterr().out
-    assert f"{len(rows)} rows, 5 good, {len(rows) - 5} with problems" in out
+    assert (f"{len(rows)} rows, 5 good, {len(rows) - 5} with problems (5 images checked, "
+            "1 unlabelled in the folder)") in out
     rep = json.loads(report.read_text())
     assert rep["counts"]["missing"] == len(rows) - 5 == 25546
     assert sum(rep["counts"].values()) == len(rows) - 5

@@ -47,6 +47,7 @@ class CheckResult:
     good: list[int]
     problems: list[Problem] = field(default_factory=list)
     images_checked: int = 0
+    unlabelled: int = 0  # image files in the folder that no row names (not a problem)
 
     def counts(self) -> dict[str, int]:
         c = Counter(p.kind for p in self.problems)
@@ -151,6 +152,7 @@ def check(labels_file: str | Path, image_dir: str | Path | None = None, *,
                 if outcome:
                     bad[i] = outcome
         result.images_checked = len(located)
+        result.unlabelled = len(set(index.values()) - {p for _, p in located})
         for i, (kind, message) in bad.items():
             result.problems.append(Problem(kind, i, data[i]["image_id"], message))
         result.good = [i for i, _ in located if i not in bad]
@@ -165,7 +167,8 @@ def format_summary(result: CheckResult, labels_file: str | Path, show: int = 10)
     counts = result.counts()
     lines = [f"{labels_file}: {result.rows} rows, {len(result.good)} good, "
              f"{len(result.problems)} with problems"
-             + (f" ({result.images_checked} images checked)" if result.images_checked else "")]
+             + (f" ({result.images_checked} images checked, {result.unlabelled} unlabelled "
+                "in the folder)" if result.images_checked else "")]
     for kind in KINDS:
         if counts[kind]:
             lines.append(f"  {kind}: {counts[kind]}")
