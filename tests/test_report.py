@@ -57,10 +57,13 @@ def run(tmp_path_factory):
 # --- training history --------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_training_writes_history_png(run):
+def test_training_writes_history_png(run, tmp_path):
     history = json.loads((run.job / "history.json").read_text())
     assert [r["phase"] for r in history] == ["dense", "all"]
-    png_ok(run.job / "history.png", (400, 300))
+    written = png_ok(run.job / "history.png", (400, 300))
+    # It was redrawn after the last epoch: identical to a plot of the full history.
+    plots.save(plots.history_figure(history), tmp_path / "expected.png")
+    assert np.array_equal(written, np.asarray(Image.open(tmp_path / "expected.png").convert("RGB")))
 
 
 def test_history_plot_marks_phases_and_never_raises(tmp_path, caplog):
@@ -258,6 +261,8 @@ def test_json_array_is_streamed_in_any_layout(tmp_path):
     ("{\"image\": \"a.jpg\", \"error\": \"x\"}\n{oops\n", "line 2 is not valid JSON"),
     ("name,score\na,1\n", "not a predictions CSV"),
     ("[]", "no predictions"),
+    ('[{"image": "a.jpg", "predictions": [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1], '
+     '"mean_score_prediction": "high"}]', "is not a number"),
 ])
 def test_bad_predictions_file_is_one_clear_error(tmp_path, capsys, content, message):
     preds = tmp_path / "p.json"
