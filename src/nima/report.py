@@ -54,7 +54,7 @@ def read_predictions(path: str | Path) -> Iterator[dict]:
     """
     path = Path(path)
     try:
-        f = open(path, encoding="utf-8", newline="")
+        f = open(path, encoding="utf-8-sig", newline="")  # -sig: a BOM from Excel is fine
     except OSError as e:
         raise DataError(f"cannot read predictions file {path}: {e.strerror or e}") from None
     with f:
@@ -152,6 +152,9 @@ def _entry(obj: object, path: Path, n: int) -> dict:
         raise DataError(f"{where} needs 'predictions' (10 numbers) or 'error'")
     obj.setdefault("mean_score_prediction", float(scores.mean_score(dist)))
     obj.setdefault("sd_score_prediction", float(scores.sd_score(dist)))
+    for key in ("mean_score_prediction", "sd_score_prediction"):
+        if not isinstance(obj[key], (int, float)) or not math.isfinite(obj[key]):
+            raise DataError(f"{where}: '{key}' is not a number")
     return obj
 
 
