@@ -123,16 +123,18 @@ def _report(sub: argparse._SubParsersAction) -> None:
                        "score distribution, a score filter and the files that failed.")
     p.add_argument("predictions", type=Path, metavar="PREDICTIONS",
                    help="output of `nima predict` (JSON, JSONL or CSV)")
-    p.add_argument("--image-source", type=Path, required=True,
+    p.add_argument("--image-source", type=Path, required=True, metavar="DIR",
                    help="the --image-source that was scored (image paths are relative to it)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="gallery.html or sheet.png")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="FILE",
+                   help="gallery.html or sheet.png")
     p.add_argument("--format", choices=("html", "png"),
                    help="html page or png contact sheet (default: from the -o suffix)")
     p.add_argument("--top", type=int, metavar="N", help="only the N best-scored images")
     p.add_argument("--bottom", type=int, metavar="N", help="only the N worst-scored images")
     p.add_argument("--limit", type=int, metavar="N",
                    help="read only the first N entries of PREDICTIONS")
-    p.add_argument("--thumb-size", type=int, default=160, help="thumbnail pixels (default 160)")
+    p.add_argument("--thumb-size", type=int, default=160, metavar="PX",
+                   help="thumbnail size in pixels (default 160)")
     p.add_argument("--title", help="page title")
 
     def run(a: argparse.Namespace) -> int:
