@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -86,6 +87,14 @@ def test_history_plot_marks_phases_and_never_raises(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="nima.plots"):
         assert plots.write_history_plot(tmp_path / "file" / "history.png", rows) is False
     assert "could not plot the training history" in caplog.text
+
+
+def test_history_plot_without_matplotlib_only_warns(tmp_path, caplog, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import now fails
+    rows = [{"epoch": 1, "phase": "dense", "loss": 0.3}]
+    with caplog.at_level(logging.WARNING, logger="nima.plots"):
+        assert plots.write_history_plot(tmp_path / "history.png", rows) is False
+    assert "could not plot" in caplog.text and not (tmp_path / "history.png").exists()
 
 
 # --- evaluation report -------------------------------------------------------------------------

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from nima import files
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,11 @@ PHASE_TITLES = {"dense": "phase 1: head (base frozen)", "all": "phase 2: all lay
 
 
 def _figure(width: float = 6.4, height: float = 4.2) -> Figure:
+    # Imported here, not at the top: `nima train` imports this module, and a broken
+    # matplotlib must cost a warning about history.png, not the training run.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
