@@ -102,7 +102,7 @@ def test_history_plot_without_matplotlib_only_warns(tmp_path, caplog, monkeypatc
 def _check_eval_report(report_dir: Path, metrics: dict) -> Page:
     text = (report_dir / "report.html").read_text()
     page = Page(text)
-    assert sorted(page.urls) == sorted(report.EVAL_FIGURES)
+    assert sorted(u for u in page.urls if not u.startswith("data:")) == sorted(report.EVAL_FIGURES)
     for name in report.EVAL_FIGURES:
         png_ok(report_dir / name)
     assert f"{metrics['emd_r2']:.4f}" in text
@@ -120,6 +120,9 @@ def test_evaluate_report_for_a_model(run, tmp_path):
     text = (out / "report.html").read_text()
     _check_eval_report(out, metrics)
     assert text.count("<tr>") == 1 + 20  # header + the 20 largest errors of 24 images
+    page = Page(text)
+    thumbs = [u for u in page.urls if u.startswith("data:")]
+    assert len(thumbs) == 20 and max(decode_data_uri(thumbs[0]).size) <= 96
 
 
 def test_evaluate_report_for_the_prior_baseline(tmp_path):

@@ -124,7 +124,8 @@ def evaluate(
     if report_dir:
         from nima import report  # matplotlib only when a report is asked for
 
-        report.write_evaluation_report(report_dir, ids, y_true, y_pred, result)
+        report.write_evaluation_report(report_dir, ids, y_true, y_pred, result,
+                                       image_dir=image_dir)
     return result
 
 

@@ -516,9 +516,13 @@ EVAL_FIGURES = {"scatter.png": "predicted vs true mean score",
 
 
 def write_evaluation_report(report_dir: str | Path, ids: Sequence[str], y_true: np.ndarray,
-                            y_pred: np.ndarray, result: dict, worst: int = 20) -> Path:
-    """PNG figures and report.html (metrics, figures, worst-predicted images) in report_dir."""
-    from nima import evaluate, plots
+                            y_pred: np.ndarray, result: dict, worst: int = 20,
+                            image_dir: str | Path | None = None) -> Path:
+    """PNG figures and report.html (metrics, figures, worst-predicted images) in report_dir.
+
+    With `image_dir`, the worst-predicted images are shown as small embedded thumbnails.
+    """
+    from nima import evaluate, labels, plots
 
     report_dir = Path(report_dir)
     y_true, y_pred = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
@@ -536,8 +540,18 @@ def write_evaluation_report(report_dir: str | Path, ids: Sequence[str], y_true: 
     e = html.escape
     table = evaluate.format_table(result)
     order = np.argsort(-np.abs(m_true - m_pred), kind="stable")[:worst]
+    index = labels.index_images(image_dir) if image_dir and Path(image_dir).is_dir() else {}
+
+    def picture(image_id: str) -> str:
+        path = index.get(image_id) or index.get(image_id.lower())
+        thumb = _thumb_jpeg(path, 96) if path else "no image"
+        if isinstance(thumb, str):
+            return ""
+        return f'<img src="data:image/jpeg;base64,{thumb[0]}" alt="{e(image_id)}">'
+
     rows = "".join(
-        f"<tr><td>{e(str(ids[i]))}</td><td>{m_true[i]:.3f}</td><td>{m_pred[i]:.3f}</td>"
+        f"<tr><td>{picture(str(ids[i])) if index else ''}{e(str(ids[i]))}</td>"
+        f"<td>{m_true[i]:.3f}</td><td>{m_pred[i]:.3f}</td>"
         f"<td>{m_pred[i] - m_true[i]:+.3f}</td><td>{emd[i]:.4f}</td></tr>\n" for i in order)
     figs = "".join(f'<figure><img src="{n}" alt="{e(alt)}"><figcaption>{e(alt)}</figcaption>'
                    f"</figure>\n" for n, alt in EVAL_FIGURES.items())
@@ -550,6 +564,7 @@ def write_evaluation_report(report_dir: str | Path, ids: Sequence[str], y_true: 
         "figure img{max-width:640px;border:1px solid #ddd}"
         "table{border-collapse:collapse}td,th{padding:2px 10px;text-align:right}"
         "td:first-child,th:first-child{text-align:left}tr:nth-child(even){background:#f4f4f2}"
+        "td img{vertical-align:middle;margin-right:8px;max-height:96px}"
         "</style></head>\n<body>\n"
         f"<h1>NIMA evaluation</h1>\n<p>model <code>{e(str(result.get('model')))}</code> on "
         f"<code>{e(str(result.get('samples_file')))}</code>: {len(ids)} images evaluated, "
