@@ -131,7 +131,7 @@ def test_cli_distort_and_errors(tmp_path: Path):
     r = subprocess.run(cmd[:6] + [str(tmp_path / "nope")] + cmd[7:], capture_output=True,
                        text=True)
     assert r.returncode == 1
-    assert r.stderr.strip().splitlines()[-1].startswith("nima data: error: source folder")
+    assert r.stderr.strip().splitlines()[-1].startswith("nima data distort: error: source folder")
 
     tiny = tmp_path / "tiny"
     tiny.mkdir()
