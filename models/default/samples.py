@@ -2,7 +2,9 @@
 
 Only photos of the test split (never seen in training) are used: three pristine, four with one
 visible defect each, so the scores the default model gives them differ. Each is a 3:2 (or 2:3)
-centre crop, 384 pixels on its long side, saved as JPEG quality 95 (the 'jpeg' sample at 8).
+centre crop, 288 pixels on its long side (near the model's 192-pixel input, so the defects
+reach it at about the scale it was trained on), saved as JPEG quality 95; the defects are
+level 4 of `nima data distort` (the 'jpeg' sample is saved at quality 7).
 
     python models/default/samples.py SOURCES_DIR MANIFEST OUT_DIR
 """
@@ -29,7 +31,7 @@ SAMPLES = [
 ]
 
 
-def centre_crop(img: Image.Image, long_side: int = 384) -> Image.Image:
+def centre_crop(img: Image.Image, long_side: int = 288) -> Image.Image:
     w, h = img.size
     tw, th = (3, 2) if w >= h else (2, 3)
     cw = min(w, h * tw // th)
@@ -41,16 +43,16 @@ def centre_crop(img: Image.Image, long_side: int = 384) -> Image.Image:
 
 def degrade(img: Image.Image, defect: str | None) -> tuple[Image.Image, int]:
     if defect == "blur":
-        return img.filter(ImageFilter.GaussianBlur(3.0)), 95
+        return img.filter(ImageFilter.GaussianBlur(2.8)), 95
     if defect == "noise":
-        a = np.asarray(img, np.float32) + np.random.default_rng(0).normal(0, 25, (img.height,
+        a = np.asarray(img, np.float32) + np.random.default_rng(0).normal(0, 27, (img.height,
                                                                               img.width, 3))
         return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8)), 95
     if defect == "jpeg":
-        return img, 8
+        return img, 7
     if defect == "exposure":
         a = np.asarray(img, np.float32) / 255.0
-        a = 0.5 + (a - 0.5) * 0.3 - 0.25
+        a = 0.5 + (a - 0.5) * 0.28 - 0.24
         return Image.fromarray(np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)), 95
     return img, 95
 
