@@ -1,0 +1,48 @@
+"""A tiny NIMA model whose scores actually vary between images, for parity tests.
+
+A randomly initialised MobileNet's activations shrink layer by layer until every image gets
+the uniform distribution (0.1 per bin), which would make any export "match" trivially. Setting
+each BatchNormalization's moving statistics from a batch of real images (data-dependent
+initialisation) keeps activations near unit scale, so outputs differ per image and an export
+that mishandles pixels, preprocessing or weights shows up as a large difference.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from conftest import tiny_config
+
+
+
+def build_scoring_model(directory: Path, calibration: np.ndarray, input_size: int = 32) -> Path:
+    """Build, calibrate and save a tiny model; returns the `.keras` path (config beside it)."""
+    import keras
+
+    from nima.config import Config
+    from nima.model import base_of, build_model
+
+    directory.mkdir(parents=True, exist_ok=True)
+    config_file = directory / "config.json"
+    config_file.write_text(json.dumps(tiny_config(input_size=input_size,
+                                                  resize_size=input_size + input_size // 4)))
+    model = build_model(Config.load(config_file))
+    x = model.get_layer("preprocess")(np.asarray(calibration, np.float32))
+    for layer in base_of(model).layers[1:]:  # MobileNet v1 is a plain chain of layers
+        if isinstance(layer, keras.layers.BatchNormalization):
+            axes = tuple(range(len(x.shape) - 1))
+            # Scale only, no centring (centring on the batch mean blows the tiny differences
+            # between images up to unit scale), and no more gain for a near-dead channel than
+            # for a typical one: both make the random net chaotic.
+            power = np.mean(np.square(x), axis=axes)
+            layer.moving_variance.assign(power + np.mean(power) + 1e-6)
+        x = layer(x, training=False)
+    head = model.get_layer("scores")
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel * 2.0, bias])
+    path = directory / "model.keras"
+    model.save(path)
+    return path
