@@ -46,3 +46,45 @@ def build_scoring_model(directory: Path, calibration: np.ndarray, input_size: in
     path = directory / "model.keras"
     model.save(path)
     return path
+
+
+def write_test_images(directory: Path) -> list[Path]:
+    """Real photos (scikit-learn's two sample images) as JPEG and PNG, plus harder cases:
+    RGBA PNG, grayscale JPEG, GIF and small generated JPEGs (upscaled to the input size)."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    from conftest import make_images
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, pixels in zip(("china", "flower"), load_sample_images().images):
+        img = Image.fromarray(pixels)
+        for ext in ("jpg", "png"):
+            img.save(directory / f"{name}.{ext}", quality=90)
+            paths.append(directory / f"{name}.{ext}")
+        small = img.resize((160, 107))
+        rgba = small.convert("RGBA")
+        rgba.putalpha(Image.linear_gradient("L").resize(small.size))
+        rgba.save(directory / f"{name}_alpha.png")
+        small.convert("L").save(directory / f"{name}_gray.jpg", quality=85)
+        small.save(directory / f"{name}.gif")
+        paths += [directory / f"{name}_alpha.png", directory / f"{name}_gray.jpg",
+                  directory / f"{name}.gif"]
+    make_images(directory / "generated", 4, size=(24, 30))
+    return paths + sorted((directory / "generated").glob("*.jpg"))
+
+
+_CACHE: dict[str, tuple[Path, list[Path]]] = {}
+
+
+def shared_scoring_model(tmp_path_factory) -> tuple[Path, list[Path]]:
+    """(model.keras, image paths), built once per test session for every test file."""
+    if "model" not in _CACHE:
+        from nima import images
+
+        root = tmp_path_factory.mktemp("scoring_model")
+        paths = write_test_images(root / "images")
+        calibration = np.stack([images.load_image(p, 32) for p in paths])
+        _CACHE["model"] = build_scoring_model(root / "model", calibration), paths
+    return _CACHE["model"]
