@@ -95,15 +95,15 @@ def test_savedmodel_float_signature_matches_keras(savedmodel, setup):
 
 
 def test_graph_decoder_matches_pillow_path(setup):
-    """decode_image reproduces images.load_image up to rounding (JPEG draft scales, PNG,
-    alpha on white, grayscale, GIF, upscaled small images)."""
+    """decode_image reproduces images.load_image up to rare off-by-one levels (JPEG draft
+    scales, PNG, alpha on white, grayscale, GIF, upscaled small images)."""
     predictor, paths, pixels, _ = setup
     size = predictor.input_size
     for path, pil in zip(paths, pixels):
         tfpix = export.decode_image(tf.constant(path.read_bytes()), size).numpy()
         diff = np.abs(tfpix - pil)
-        assert diff.max() <= 2, (path.name, diff.max())
-        assert diff.mean() <= 0.35, (path.name, diff.mean())
+        assert diff.max() <= 1, (path.name, diff.max())
+        assert (diff > 0).mean() <= 0.02, (path.name, (diff > 0).mean())
 
 
 def test_savedmodel_bytes_signature_is_decoder_plus_model(savedmodel, setup):
@@ -117,7 +117,8 @@ def test_savedmodel_bytes_signature_is_decoder_plus_model(savedmodel, setup):
                          predictor.predict_arrays(decoded), FP32_TOLERANCE)
     # Against the Pillow path, the gap is the model's sensitivity to +-1 pixel level.
     gap = mean_score_error({"predictions": out["predictions"].numpy()}, expected)
-    assert gap < 1.0
+    print(f"bytes signature vs Pillow path: mean |d mean score| {gap:.4f}")
+    assert gap < 0.1
 
 
 # --- TFLite -----------------------------------------------------------------------------------

@@ -99,10 +99,35 @@ def decode_image(data: tf.Tensor, size: int) -> tf.Tensor:
     is_png = tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n")
     image = tf.cond(tf.io.is_jpeg(data), jpeg, lambda: tf.cond(is_png, png, other))
     image.set_shape((None, None, 3))
-    resized = tf.image.resize(image, (size, size), method="bilinear", antialias=True)
-    # A source already at size x size is not resampled by Pillow; the resize above would be
-    # the identity too, up to float rounding that the round() below removes.
-    return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
+    return _pillow_bilinear(image, size)
+
+
+def _round_uint8(x: tf.Tensor) -> tf.Tensor:
+    # Pillow rounds half up (fixed point + 0.5), tf.round rounds half to even.
+    return tf.clip_by_value(tf.floor(x + 0.5), 0.0, 255.0)
+
+
+def _pillow_bilinear(image: tf.Tensor, size: int) -> tf.Tensor:
+    """Pillow's `resize((size, size), BILINEAR)` for a uint8 (H, W, 3) image, as float32.
+
+    Pillow resamples in two passes, horizontal then vertical, rounding to 8 bits after each;
+    doing the same halves the share of pixels that end up one level apart.
+    """
+    shape = tf.shape(image)
+    h, w = shape[0], shape[1]
+    x = tf.cast(image, tf.float32)
+
+    def horizontal() -> tf.Tensor:
+        return _round_uint8(tf.image.resize(x, (h, size), "bilinear", antialias=True))
+
+    x = tf.cond(tf.equal(w, size), lambda: x, horizontal)
+
+    def vertical() -> tf.Tensor:
+        return _round_uint8(tf.image.resize(x, (size, size), "bilinear", antialias=True))
+
+    x = tf.cond(tf.equal(h, size), lambda: x, vertical)
+    x.set_shape((size, size, 3))
+    return x
 
 
 def serving_functions(model) -> tuple[Callable, Callable, int]:
