@@ -86,7 +86,8 @@ class NimaModel:
 
         With `augmented`, each image's distribution is the average over 7 views: the image,
         its horizontal flip, and the centre and four corner crops of a larger resize (the
-        crops NIMA's training saw), at 7x the cost.
+        crops NIMA's training saw), at 7x the cost; 2 views for a model trained without
+        random crops.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -99,7 +100,7 @@ class NimaModel:
             results.extend(self._score(items[start:start + batch_size], augmented))
         return results
 
-    def views(self, item: _Item, augmented: bool) -> np.ndarray:
+    def _views(self, item: _Item, augmented: bool) -> np.ndarray:
         """(V, size, size, 3) uint8: the image, plus its flip and crops when augmented."""
         size = self.input_size
         full = item.load(size)
@@ -118,7 +119,7 @@ class NimaModel:
         batches, counts, out = [], [], []
         for item in items:
             try:
-                v = self.views(item, augmented)
+                v = self._views(item, augmented)
             except ImageError as e:
                 log.warning("%s", e)
                 v = None
