@@ -119,6 +119,9 @@ def test_savedmodel_bytes_signature_is_decoder_plus_model(savedmodel, setup):
     gap = mean_score_error({"predictions": out["predictions"].numpy()}, expected)
     print(f"bytes signature vs Pillow path: mean |d mean score| {gap:.4f}")
     assert gap < 0.1
+    # An undecodable file fails the request (TF Serving answers with an error), as documented.
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        loaded.signatures["serving_default"](image_bytes=tf.constant([data[0], b"not an image"]))
 
 
 # --- TFLite -----------------------------------------------------------------------------------
