@@ -1,7 +1,7 @@
 """Size, export time and CPU inference speed of every `nima export` format.
 
 Builds a MobileNet (alpha 1.0, 224x224, random weights: speed does not depend on the weights)
-NIMA model, exports it as SavedModel, TFLite fp32 / fp16 / int8 / full int8 and ONNX, and
+NIMA model, exports it as SavedModel, TFLite fp32 / fp16 / int8 / full int8 and ONNX fp32 / int8, and
 times inference on the same batch with each runtime (Keras for reference).
 Usage: python bench/export_formats.py [BATCHES]   (BATCHES timed runs per case, default 5)
 """
@@ -83,6 +83,8 @@ def main(runs: int = 5) -> None:
                 return lambda x: session.run(None, {"images": x})
 
             build("onnx", lambda: export.export_onnx(model, out / "m.onnx"), onnx_runner)
+            build("onnx int8", lambda: export.export_onnx(model, out / "q.onnx", "int8"),
+                  onnx_runner)
         except ImportError:
             print("onnxruntime not installed: ONNX skipped")
         print("| format | size MiB | export s | images/s batch 1 | images/s batch 16 |")

@@ -29,6 +29,7 @@ def build_scoring_model(directory: Path, calibration: np.ndarray, input_size: in
     config_file = directory / "config.json"
     config_file.write_text(json.dumps(tiny_config(input_size=input_size,
                                                   resize_size=input_size + input_size // 4)))
+    keras.utils.set_random_seed(0)  # the same model, and so the same measurements, every run
     model = build_model(Config.load(config_file))
     x = model.get_layer("preprocess")(np.asarray(calibration, np.float32))
     for layer in base_of(model).layers[1:]:  # MobileNet v1 is a plain chain of layers

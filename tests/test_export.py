@@ -126,13 +126,17 @@ def test_savedmodel_bytes_signature_is_decoder_plus_model(savedmodel, setup):
 
 # --- TFLite -----------------------------------------------------------------------------------
 
-def test_tflite_fp32_matches_keras(setup):
-    predictor, _, pixels, expected = setup
-    assert_outputs_match(tflite_outputs(export.tflite_bytes(predictor.model), pixels),
-                         expected, FP32_TOLERANCE)
+@pytest.fixture(scope="module")
+def tflite_fp32(setup) -> bytes:
+    return export.tflite_bytes(setup[0].model)
 
 
-def test_tflite_quantized_bounds(setup, tmp_path):
+def test_tflite_fp32_matches_keras(setup, tflite_fp32):
+    _, _, pixels, expected = setup
+    assert_outputs_match(tflite_outputs(tflite_fp32, pixels), expected, FP32_TOLERANCE)
+
+
+def test_tflite_quantized_bounds(setup, tflite_fp32, tmp_path):
     """fp16 is close; int8 costs at most about as much as +-1 level of pixel noise does."""
     predictor, paths, pixels, expected = setup
     noise = np.random.default_rng(0).integers(-1, 2, pixels.shape)
@@ -159,6 +163,7 @@ def test_tflite_quantized_bounds(setup, tmp_path):
     for name, err in errors.items():
         assert err <= 2 * noise_error, (name, err, noise_error)
         assert err > 0  # really quantized
+    assert fp16_file.stat().st_size < 0.6 * len(tflite_fp32)
 
 
 # --- ONNX -------------------------------------------------------------------------------------
@@ -176,11 +181,23 @@ def test_onnx_matches_keras_with_any_batch(setup, tmp_path):
     single = session.run(names, {"images": pixels[:1]})
     np.testing.assert_allclose(single[0], expected[:1], atol=FP32_TOLERANCE, rtol=0)
 
+    quantized = export.export(predictor.model, "onnx", tmp_path / "int8.onnx", "int8")
+    assert quantized.stat().st_size < 0.5 * out.stat().st_size
+    session = ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])
+    int8 = dict(zip(names, session.run(names, {"images": pixels})))
+    noise = np.random.default_rng(0).integers(-1, 2, pixels.shape)
+    noise_error = mean_score_error(
+        {"predictions": predictor.predict_arrays(np.clip(pixels + noise, 0, 255))}, expected)
+    print(f"onnx int8: mean |d mean score| {mean_score_error(int8, expected):.3f} "
+          f"(+-1 pixel noise {noise_error:.3f})")
+    assert 0 < mean_score_error(int8, expected) <= 2 * noise_error
+
 
 # --- CLI errors -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, message", [
-    (["--format", "savedmodel", "--quantize", "int8"], "applies to tflite only"),
+    (["--format", "savedmodel", "--quantize", "int8"], "not savedmodel"),
+    (["--format", "onnx", "--quantize", "fp16"], "int8 only"),
     (["--format", "tflite", "--quantize", "fp16", "--representative-images", "x"],
      "needs --quantize int8"),
     (["--format", "tflite", "--quantize", "int8", "--representative-images", "/nonexistent"],

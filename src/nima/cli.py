@@ -297,8 +297,8 @@ def _export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config-file", type=Path, help="training config for a .weights.h5 file")
     p.add_argument("--format", choices=("savedmodel", "tflite", "onnx"), required=True)
     p.add_argument("--quantize", choices=("fp16", "int8"),
-                   help="tflite only: float16 weights, or int8 (dynamic range; full integer "
-                   "with --representative-images)")
+                   help="tflite: float16 weights, or int8 (dynamic range; full integer "
+                   "with --representative-images); onnx: int8 (dynamic)")
     p.add_argument("--representative-images", type=Path, metavar="SOURCE",
                    help="image file or folder to calibrate full int8 quantization "
                    "(first 200 images)")

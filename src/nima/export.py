@@ -14,10 +14,11 @@ Inputs:
     0..255, already resized. The model's own preprocessing (e.g. MobileNet's [-1, 1] scaling)
     is inside the graph, so every format takes plain pixels.
 
-Quantization (TFLite only): fp16 stores weights as float16; int8 without representative
-images is dynamic-range quantization (int8 weights, float activations); int8 with
-representative images is full integer quantization (activations calibrated on those images),
-still with a float32 input and output so the interface does not change.
+Quantization, TFLite: fp16 stores weights as float16; int8 without representative images is
+dynamic-range quantization (int8 weights, float activations); int8 with representative
+images is full integer quantization (activations calibrated on those images), still with a
+float32 input and output so the interface does not change. ONNX: int8 only, onnxruntime's
+dynamic quantization.
 """
 
 from __future__ import annotations
@@ -234,22 +235,35 @@ def export_tflite(model, output: str | Path, quantize: str | None = None,
     return Path(output)
 
 
-def export_onnx(model, output: str | Path, opset: int = ONNX_OPSET) -> Path:
-    """Convert with tf2onnx (input `images`, the three named outputs)."""
+def export_onnx(model, output: str | Path, quantize: str | None = None,
+                opset: int = ONNX_OPSET) -> Path:
+    """Convert with tf2onnx (input `images`, the three named outputs); `quantize="int8"`
+    then applies onnxruntime's dynamic quantization (int8 weights, activations quantized on
+    the fly)."""
     try:
         import tf2onnx
     except ImportError:
         raise ExportError("ONNX export needs tf2onnx: pip install 'nima[export]'") from None
+    if quantize not in (None, "int8"):
+        raise ExportError(f"ONNX export supports --quantize int8 only, not {quantize}")
     _, from_floats, size = serving_functions(model)
     spec = (_float_spec(size),)
     fn = tf.function(from_floats, input_signature=spec)
     output = Path(output)
-    with files.atomic_path(output, suffix=".onnx") as tmp:
+    with files.atomic_path(output, suffix=".onnx") as tmp, tempfile.TemporaryDirectory() as work:
+        fp32 = Path(work) / "fp32.onnx" if quantize else tmp
         try:
             tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset,
-                                          output_path=str(tmp))
+                                          output_path=str(fp32))
         except Exception as e:
             raise ExportError(f"ONNX conversion failed: {str(e).splitlines()[0][:300]}") from None
+        if quantize:
+            try:
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+            except ImportError:
+                raise ExportError("ONNX quantization needs onnxruntime: "
+                                  "pip install 'nima[export]'") from None
+            quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
     return output
 
 
@@ -260,8 +274,10 @@ def check_options(fmt: str, quantize: str | None = None,
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ExportError(f"unknown quantization {quantize!r}; choose {' or '.join(QUANTIZATIONS)}")
-    if quantize is not None and fmt != "tflite":
-        raise ExportError(f"--quantize applies to tflite only, not {fmt}")
+    if quantize is not None and fmt == "savedmodel":
+        raise ExportError("--quantize applies to tflite and onnx, not savedmodel")
+    if quantize == "fp16" and fmt == "onnx":
+        raise ExportError("ONNX export supports --quantize int8 only (dynamic quantization)")
     if representative_source is not None:
         if quantize != "int8":
             raise ExportError("--representative-images needs --quantize int8")
@@ -281,7 +297,7 @@ def export(model, fmt: str, output: str | Path, quantize: str | None = None,
     if fmt == "savedmodel":
         return export_savedmodel(model, output)
     if fmt == "onnx":
-        return export_onnx(model, output)
+        return export_onnx(model, output, quantize)
     rep = None
     if representative_source is not None:
         rep = representative_images(representative_source, model_input_size(model))
