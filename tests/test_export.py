@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -85,6 +86,27 @@ def test_savedmodel_signatures_for_tf_serving(savedmodel, setup):
                    "inputs['image_bytes'] tensor_info:", "dtype: DT_STRING",
                    "outputs['mean_score_prediction']"):
         assert needle in shown.stdout
+
+
+def test_savedmodel_is_self_contained(savedmodel, setup):
+    """TF Serving has no Python and no nima: a fresh process with TensorFlow alone gets the
+    same scores from the files as this process does."""
+    path, loaded = savedmodel
+    images_ = [str(p) for p in setup[1][:3]]
+    code = ("import json, sys, tensorflow as tf\n"
+            "m = tf.saved_model.load(sys.argv[1])\n"
+            "data = [open(p, 'rb').read() for p in sys.argv[2:]]\n"
+            "out = m.signatures['serving_default'](image_bytes=tf.constant(data))\n"
+            "assert not any(k == 'nima' or k.startswith('nima.') for k in sys.modules)\n"
+            "print(json.dumps(out['mean_score_prediction'].numpy().tolist()))\n")
+    run = subprocess.run([sys.executable, "-c", code, str(path), *images_], cwd=path.parent,
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    here = loaded.signatures["serving_default"](
+        image_bytes=tf.constant([Path(p).read_bytes() for p in images_]))
+    np.testing.assert_allclose(json.loads(run.stdout.strip().splitlines()[-1]),
+                               here["mean_score_prediction"].numpy(), atol=1e-5)
 
 
 def test_savedmodel_float_signature_matches_keras(savedmodel, setup):
