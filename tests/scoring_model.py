@@ -51,7 +51,7 @@ def build_scoring_model(directory: Path, calibration: np.ndarray, input_size: in
 
 def write_test_images(directory: Path) -> list[Path]:
     """Real photos (scikit-learn's two sample images) as JPEG and PNG, plus harder cases:
-    RGBA PNG, grayscale JPEG, GIF and small generated JPEGs (upscaled to the input size)."""
+    RGBA PNG, grayscale JPEG, GIF, EXIF-rotated JPEG and small generated JPEGs (upscaled)."""
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
@@ -72,6 +72,11 @@ def write_test_images(directory: Path) -> list[Path]:
         small.save(directory / f"{name}.gif")
         paths += [directory / f"{name}_alpha.png", directory / f"{name}_gray.jpg",
                   directory / f"{name}.gif"]
+        # A phone-style portrait photo: stored landscape, EXIF says "rotate 90 clockwise".
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        small.save(directory / f"{name}_exif6.jpg", quality=90, exif=exif)
+        paths.append(directory / f"{name}_exif6.jpg")
     make_images(directory / "generated", 4, size=(24, 30))
     return paths + sorted((directory / "generated").glob("*.jpg"))
 

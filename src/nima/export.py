@@ -71,6 +71,63 @@ def _draft_ratio_index(shape: tf.Tensor, size: int) -> tf.Tensor:
             + tf.cast(scale >= 8, tf.int32))
 
 
+def exif_orientation(data: tf.Tensor, max_entries: int = 64) -> tf.Tensor:
+    """The EXIF orientation (1..8) of JPEG bytes; 1 when absent or malformed, as in Pillow.
+
+    TensorFlow has no EXIF op, so this reads the bytes: the APP1 "Exif" segment in the first
+    64 KiB, its TIFF header (byte order), IFD0's entries, tag 0x0112.
+    """
+    head = tf.io.decode_raw(tf.strings.substr(data, 0, 65536), tf.uint8)
+    n = tf.shape(head)[0]
+    b = tf.cast(tf.concat([head, tf.zeros([12 * max_entries + 32], tf.uint8)], 0), tf.int32)
+    last = tf.shape(b)[0] - 1
+
+    def at(pos: tf.Tensor) -> tf.Tensor:  # out-of-range offsets read a zero byte
+        return tf.gather(b, tf.clip_by_value(pos, 0, last))
+
+    pos = tf.range(n)
+    marker = tf.equal(at(pos), 0xFF) & tf.equal(at(pos + 1), 0xE1)
+    for k, c in enumerate(b"Exif\x00\x00"):
+        marker &= tf.equal(at(pos + 4 + k), c)
+    hits = tf.where(marker)[:, 0]
+
+    def orientation() -> tf.Tensor:
+        t = tf.cast(hits[0], tf.int32) + 10  # TIFF header: "II*\0" or "MM\0*"
+        little = tf.equal(at(t), ord("I"))
+        header_ok = tf.equal(at(t), at(t + 1)) & (little | tf.equal(at(t), ord("M")))
+
+        def u16(p: tf.Tensor) -> tf.Tensor:
+            return tf.where(little, at(p) + 256 * at(p + 1), 256 * at(p) + at(p + 1))
+
+        def u32(p: tf.Tensor) -> tf.Tensor:
+            return tf.where(little, u16(p) + 65536 * u16(p + 2), 65536 * u16(p) + u16(p + 2))
+
+        ifd = t + u32(t + 4)
+        entries = ifd + 2 + 12 * tf.range(max_entries)
+        is_tag = (tf.range(max_entries) < u16(ifd)) & tf.equal(u16(entries), 0x0112)
+        value = tf.reduce_max(tf.where(is_tag, u16(entries + 8), 0))
+        return tf.where(header_ok & (value >= 1) & (value <= 8), value, 1)
+
+    return tf.cond(tf.size(hits) > 0, orientation, lambda: tf.constant(1, tf.int32))
+
+
+def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """Rotate/flip (H, W, C) as Pillow's `ImageOps.exif_transpose` does for tags 1..8."""
+    def transpose(x):
+        return tf.transpose(x, (1, 0, 2))
+
+    return tf.switch_case(orientation - 1, [
+        lambda: image,
+        lambda: image[:, ::-1],                         # 2 mirrored
+        lambda: image[::-1, ::-1],                      # 3 rotated 180
+        lambda: image[::-1],                            # 4 flipped vertically
+        lambda: transpose(image),                       # 5 transposed
+        lambda: tf.image.rot90(image, 3),               # 6 rotated 90 clockwise
+        lambda: tf.image.rot90(transpose(image), 2),    # 7 transversed
+        lambda: tf.image.rot90(image, 1),               # 8 rotated 90 counter-clockwise
+    ])
+
+
 def decode_image(data: tf.Tensor, size: int) -> tf.Tensor:
     """Encoded image bytes -> float32 (size, size, 3) RGB 0..255, as `images.load_image`.
 
@@ -78,16 +135,18 @@ def decode_image(data: tf.Tensor, size: int) -> tf.Tensor:
     1/8) that Pillow's draft mode picks, with the accurate integer IDCT Pillow uses; alpha is
     composited on white; the resize is bilinear with antialiasing (Pillow's BILINEAR widens
     its triangle filter when downscaling, and so does `antialias=True`) and is rounded to
-    uint8 as Pillow does. Not mirrored: EXIF orientation (TF ignores EXIF), CMYK JPEGs and
-    16-bit PNGs (TF's conversions differ slightly). docs/export.md gives the measured gap.
+    uint8 as Pillow does; a JPEG's EXIF orientation is applied. Not mirrored: CMYK JPEGs,
+    16-bit PNGs (TF's conversions differ slightly) and EXIF orientation in PNG/other formats
+    (rare). docs/export.md gives the measured gap.
     """
 
     def jpeg() -> tf.Tensor:
         index = _draft_ratio_index(tf.io.extract_jpeg_shape(data), size)
-        return tf.switch_case(index, [
+        image = tf.switch_case(index, [
             (lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r,
                                            dct_method="INTEGER_ACCURATE"))
             for r in (1, 2, 4, 8)])
+        return apply_orientation(image, exif_orientation(data))
 
     def png() -> tf.Tensor:
         rgba = tf.cast(tf.io.decode_png(data, channels=4), tf.float32)
@@ -104,31 +163,60 @@ def decode_image(data: tf.Tensor, size: int) -> tf.Tensor:
     return _pillow_bilinear(image, size)
 
 
-def _round_uint8(x: tf.Tensor) -> tf.Tensor:
-    # Pillow rounds half up (fixed point + 0.5), tf.round rounds half to even.
-    return tf.clip_by_value(tf.floor(x + 0.5), 0.0, 255.0)
+_PRECISION_BITS = 22  # Pillow's fixed-point precision for 8-bit resampling (Resample.c)
+
+
+def _pillow_weights(in_size: tf.Tensor, out_size: int) -> tf.Tensor:
+    """Pillow's BILINEAR coefficients as an (out, in) matrix of fixed-point integers.
+
+    A transcription of Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`: triangle
+    filter widened by the downscale factor, taps [xmin, xmax) rounded as Pillow rounds them,
+    normalised per output pixel, then scaled to 2^22 and rounded away from zero.
+    """
+    n = tf.cast(in_size, tf.float64)
+    scale = n / out_size
+    support = tf.maximum(scale, 1.0)  # bilinear support 1.0 times the filter scale
+    center = (tf.range(out_size, dtype=tf.float64) + 0.5) * scale
+    xmin = tf.maximum(tf.floor(center - support + 0.5), 0.0)
+    xmax = tf.minimum(tf.floor(center + support + 0.5), n)
+    x = tf.range(in_size, dtype=tf.float64)[None, :]
+    w = tf.maximum(1.0 - tf.abs((x - center[:, None] + 0.5) / support), 0.0)
+    w = tf.where((x >= xmin[:, None]) & (x < xmax[:, None]), w, 0.0)
+    w = w / tf.reduce_sum(w, axis=1, keepdims=True)
+    return tf.sign(w) * tf.floor(tf.abs(w) * 2.0**_PRECISION_BITS + 0.5)
 
 
 def _pillow_bilinear(image: tf.Tensor, size: int) -> tf.Tensor:
-    """Pillow's `resize((size, size), BILINEAR)` for a uint8 (H, W, 3) image, as float32.
+    """Pillow's `resize((size, size), BILINEAR)` of a uint8 (H, W, 3) image, as float32.
 
-    Pillow resamples in two passes, horizontal then vertical, rounding to 8 bits (half up)
-    after each; one float pass with TF's rounding leaves ~15% of values one level off, this
-    under 2% (docs/export.md).
+    Pillow's fixed-point arithmetic, exactly (integers in float64, all < 2^53): one pass per
+    axis, each rounded to 8 bits. tf.image.resize(antialias=True) has the same filter but
+    float weights and one rounding at the end, which leaves ~15% of values one level off.
     """
     shape = tf.shape(image)
     h, w = shape[0], shape[1]
-    x = tf.cast(image, tf.float32)
+    x = tf.cast(image, tf.float64)
 
-    def horizontal() -> tf.Tensor:
-        return _round_uint8(tf.image.resize(x, (h, size), "bilinear", antialias=True))
+    def to_8bit(v: tf.Tensor) -> tf.Tensor:
+        half = 2.0 ** (_PRECISION_BITS - 1)
+        return tf.clip_by_value(tf.floor((v + half) / 2.0**_PRECISION_BITS), 0.0, 255.0)
 
-    x = tf.cond(tf.equal(w, size), lambda: x, horizontal)
+    def horizontal(v: tf.Tensor) -> tf.Tensor:  # (H, W, C) x (size, W) -> (H, size, C)
+        return tf.cond(tf.equal(tf.shape(v)[1], size), lambda: v, lambda: to_8bit(
+            tf.einsum("hwc,ow->hoc", v, _pillow_weights(tf.shape(v)[1], size))))
 
-    def vertical() -> tf.Tensor:
-        return _round_uint8(tf.image.resize(x, (size, size), "bilinear", antialias=True))
+    def vertical(v: tf.Tensor) -> tf.Tensor:
+        return tf.cond(tf.equal(tf.shape(v)[0], size), lambda: v, lambda: to_8bit(
+            tf.einsum("hwc,oh->owc", v, _pillow_weights(tf.shape(v)[0], size))))
 
-    x = tf.cond(tf.equal(h, size), lambda: x, vertical)
+    # Pillow 13 picks the pass order by the downscale factors (found by testing it on a grid
+    # of shapes: vertical first exactly when 2 * fx < fy + 1); the order changes the
+    # intermediate rounding, so it is mirrored too.
+    fx = tf.maximum(tf.cast(w, tf.float64) / size, 1.0)
+    fy = tf.maximum(tf.cast(h, tf.float64) / size, 1.0)
+    x = tf.cond(2.0 * fx < fy + 1.0, lambda: horizontal(vertical(x)),
+                lambda: vertical(horizontal(x)))
+    x = tf.cast(x, tf.float32)
     x.set_shape((size, size, 3))
     return x
 
