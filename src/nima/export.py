@@ -131,13 +131,11 @@ def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
 def decode_image(data: tf.Tensor, size: int) -> tf.Tensor:
     """Encoded image bytes -> float32 (size, size, 3) RGB 0..255, as `images.load_image`.
 
-    Mirrors the Pillow path step by step: JPEGs are decoded at the same DCT scale (1/2, 1/4,
-    1/8) that Pillow's draft mode picks, with the accurate integer IDCT Pillow uses; alpha is
-    composited on white; the resize is bilinear with antialiasing (Pillow's BILINEAR widens
-    its triangle filter when downscaling, and so does `antialias=True`) and is rounded to
-    uint8 as Pillow does; a JPEG's EXIF orientation is applied. Not mirrored: CMYK JPEGs,
-    16-bit PNGs (TF's conversions differ slightly) and EXIF orientation in PNG/other formats
-    (rare). docs/export.md gives the measured gap.
+    Reproduces the Pillow path pixel for pixel (tested): JPEGs are decoded at the DCT scale
+    (1/2, 1/4, 1/8) that Pillow's draft mode picks, with the accurate integer IDCT Pillow
+    uses, and turned by their EXIF orientation; alpha is composited on white; the resize is
+    Pillow's own BILINEAR arithmetic (`_pillow_bilinear`). Not mirrored: CMYK JPEGs, 16-bit
+    PNGs (TF's conversions differ slightly) and EXIF orientation outside JPEGs (rare).
     """
 
     def jpeg() -> tf.Tensor:
