@@ -253,13 +253,14 @@ def _csv(rows: list[dict]) -> str:
 
 
 def probe_images(paths: list[Path], workers: int = 8) -> dict[str, str]:
-    """Header-check every image in parallel (cheap); return {path: reason} for the bad ones.
+    """Check every image in parallel; return {path: reason} for the bad ones.
 
-    Files that pass the header check but fail to decode are dropped later by the pipeline.
+    A full decode at a small size (JPEG at 1/8 scale), so truncated and corrupt files are
+    listed in skipped.txt and counted against max_missing_fraction before the first epoch.
     """
     def probe(path: Path) -> str | None:
         try:
-            images.open_image(path).close()
+            images.check_image(path)
             return None
         except ImageError as e:
             return str(e)
