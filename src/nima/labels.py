@@ -59,7 +59,10 @@ def validate_label(label: Any) -> str | None:
             return "label values must be finite"
         if v < 0:
             return "label values must not be negative"
-    total = math.fsum(label)
+    try:
+        total = math.fsum(label)
+    except OverflowError:
+        total = math.inf
     if not math.isfinite(total):
         return "label values are too large (their sum is not finite)"
     if total <= 0:
