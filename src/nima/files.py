@@ -38,13 +38,31 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _fsync(tmp_path)  # data on disk before the rename makes it visible (power loss)
         os.replace(tmp_path, path)
+        _fsync(parent, directory=True)  # and the rename itself on disk
     except OSError as e:
         why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
         raise WriteError(f"cannot write {path}: {why}; the previous file is unchanged") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    except OSError:
+        if directory:  # some file systems cannot open directories: durability best effort
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if not directory or e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
