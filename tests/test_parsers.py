@@ -75,6 +75,12 @@ def test_path_traversal_ids_rejected(tmp_path, image_id):
         load_text(tmp_path, json.dumps([GOOD_ROW, row]))
 
 
+@pytest.mark.parametrize("image_id", ["new\nline", "tab\there", "bell\x07", "del\x7f"])
+def test_control_characters_in_ids_rejected(tmp_path, image_id):
+    with pytest.raises(LabelError, match="row 0: .*control characters"):
+        load_text(tmp_path, json.dumps([{**GOOD_ROW, "image_id": image_id}]))
+
+
 def test_harmless_odd_ids_accepted(tmp_path):
     ids = ["..hidden-ish", "a..b", "with space", "ünïcödé", "-dash", "x" * 255]
     samples = load_text(tmp_path, json.dumps([{**GOOD_ROW, "image_id": i} for i in ids]))

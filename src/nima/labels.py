@@ -42,6 +42,9 @@ def validate_image_id(image_id: Any) -> str | None:
         return f"image_id must have 1 to {MAX_ID_LENGTH} characters"
     if "/" in image_id or "\\" in image_id or "\x00" in image_id or image_id in (".", ".."):
         return f"image_id {image_id!r} must be a plain file name (no path separators or '..')"
+    if any(ord(c) < 32 or ord(c) == 127 for c in image_id):
+        # a newline or tab in a name would break skipped.txt and CSV rows, and is never meant
+        return f"image_id {image_id!r} must not contain control characters"
     return None
 
 
