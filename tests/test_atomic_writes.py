@@ -55,6 +55,17 @@ def _unchanged(mnt: Path) -> None:
     assert sorted(p.name for p in mnt.iterdir()) == ["filler", "results.json"]
 
 
+def test_result_files_get_the_usual_permissions(tmp_path):
+    """Not mkstemp's 0600: a file written by a root container must be readable on the host."""
+    umask = os.umask(0)
+    os.umask(umask)
+    files.write_text(tmp_path / "a.txt", "x")
+    with files.atomic_path(tmp_path / "b.bin") as tmp:
+        tmp.write_bytes(b"x")
+    for name in ("a.txt", "b.bin"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_write_text_and_json(full_disk):
     for write in (lambda p: files.write_text(p, "y" * 20_000),
                   lambda p: files.write_json(p, {"rows": list(range(5000))})):

@@ -17,6 +17,11 @@ from typing import IO, Any, Iterator
 from nima.errors import NimaError
 
 
+# The process umask, read once at import (reading it means setting it, which is racy later).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 class WriteError(NimaError):
     """A result file could not be written (disk full, permission denied, ...)."""
 
@@ -32,7 +37,12 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     try:
         parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=parent)
-        os.close(fd)
+        try:
+            # mkstemp makes 0600 files; results must get the usual mode (e.g. readable by the
+            # host user when a root container wrote them), as open() would have given.
+            os.fchmod(fd, 0o666 & ~_UMASK)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
     tmp_path = Path(tmp)
