@@ -123,11 +123,15 @@ def test_truncated_and_corrupt_files_fail_the_training_check(corpus):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from nima.config import Config
-    from nima.model import build_model
+    """The smallest model predict accepts (32x32 RGB in, 10 softmax out): loads in a blink."""
+    import keras
 
     path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    build_model(Config.from_dict(tiny_config())).save(path)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x)).save(path)
     return path
 
 
