@@ -96,6 +96,8 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-file", type=Path, help="write the metrics as JSON here")
     p.add_argument("--predictions-file", type=Path,
                    help="write per-image labels and predictions as JSON here")
+    p.add_argument("--report-dir", type=Path, help="write report.html and PNG plots here "
+                   "(scatter, histograms, EMD, confusion matrix)")
 
     def run(a: argparse.Namespace) -> int:
         from nima.evaluate import evaluate, format_table
@@ -105,9 +107,41 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
         result = evaluate(a.samples_file, image_dir=a.image_dir, model=a.model,
                           config_file=a.config_file, baseline=a.baseline,
                           prior_samples_file=a.prior_samples_file, batch_size=a.batch_size,
-                          output_file=a.output_file, predictions_file=a.predictions_file)
+                          output_file=a.output_file, predictions_file=a.predictions_file,
+                          report_dir=a.report_dir)
         print(f"{result['model']} on {a.samples_file}")
         print(format_table(result))
+        return EXIT_OK
+
+    p.set_defaults(run=run)
+
+
+def _report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="HTML gallery (or PNG sheet) of scored images",
+                       description="Browse `nima predict` results: one self-contained HTML page "
+                       "(works offline) with thumbnails sorted by mean score, each with its "
+                       "score distribution, a score filter and the files that failed.")
+    p.add_argument("predictions", type=Path, metavar="PREDICTIONS",
+                   help="output of `nima predict` (JSON, JSONL or CSV)")
+    p.add_argument("--image-source", type=Path, required=True, metavar="DIR",
+                   help="the --image-source that was scored (image paths are relative to it)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="FILE",
+                   help="gallery.html or sheet.png")
+    p.add_argument("--format", choices=("html", "png"),
+                   help="html page or png contact sheet (default: from the -o suffix)")
+    p.add_argument("--top", type=int, metavar="N", help="only the N best-scored images")
+    p.add_argument("--bottom", type=int, metavar="N", help="only the N worst-scored images")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="read only the first N entries of PREDICTIONS")
+    p.add_argument("--thumb-size", type=int, default=160, metavar="PX",
+                   help="thumbnail size in pixels (default 160)")
+    p.add_argument("--title", help="page title")
+
+    def run(a: argparse.Namespace) -> int:
+        from nima.report import gallery
+
+        gallery(a.predictions, a.image_source, a.output, fmt=a.format, top=a.top,
+                bottom=a.bottom, limit=a.limit, title=a.title, thumb_size=a.thumb_size)
         return EXIT_OK
 
     p.set_defaults(run=run)
@@ -286,7 +320,7 @@ def _data(sub: argparse._SubParsersAction) -> None:
 
 # Subcommands in help order; other modules' commands are added here.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_train, _predict, _evaluate,
-                                                                 _data]
+                                                                 _data, _report]
 
 
 class UsageError(Exception):
