@@ -122,7 +122,7 @@ def _resume_and_check(job: Path, dense: int, all_: int, killed: dict) -> None:
         assert math.isclose(row["learning_rate"], expected, rel_tol=1e-4), (row, expected)
     assert _iterations(_checkpoint_file(job)) == STEPS * (all_ if all_ else dense)
     # one checkpoint kept, no temp file left over from the kill
-    assert [p.name for p in (job / "checkpoint").iterdir()] == sorted(
+    assert sorted(p.name for p in (job / "checkpoint").iterdir()) == sorted(
         ["state.json", _checkpoint_file(job).name])
     summary = json.loads((job / "summary.json").read_text())
     assert summary["epochs"] == dense + all_
