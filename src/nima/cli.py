@@ -379,9 +379,46 @@ def _data(sub: argparse._SubParsersAction) -> None:
         add(data_sub)
 
 
+def _export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a serving artefact: SavedModel, TFLite or ONNX",
+                       description="Export a model for serving. Every format outputs "
+                       "predictions (10 bins), mean_score_prediction and sd_score_prediction. "
+                       "The SavedModel's serving_default takes encoded image bytes (TF "
+                       "Serving), serving_float and the other formats take float32 RGB 0..255 "
+                       "at the model's input size. See docs/export.md.")
+    p.add_argument("--weights-file", "--model", dest="model", type=Path, metavar="MODEL",
+                   help="a .keras model, a job or model directory, or a .weights.h5 file "
+                   "(with --config-file); default: the shipped model")
+    p.add_argument("--config-file", type=Path, help="training config for a .weights.h5 file")
+    p.add_argument("--format", choices=("savedmodel", "tflite", "onnx"), required=True)
+    p.add_argument("--quantize", choices=("fp16", "int8"),
+                   help="tflite: float16 weights, or int8 (dynamic range; full integer "
+                   "with --representative-images); onnx: int8 (dynamic)")
+    p.add_argument("--representative-images", type=Path, metavar="SOURCE",
+                   help="image file or folder to calibrate full int8 quantization "
+                   "(first 200 images)")
+    p.add_argument("--output", type=Path, required=True,
+                   help="output file (.tflite, .onnx) or SavedModel directory, e.g. "
+                   "serving/nima/1 for TF Serving (must not exist or be empty)")
+
+    def run(a: argparse.Namespace) -> int:
+        from nima.export import check_options, export
+        from nima.predict import Predictor
+
+        check_options(a.format, a.quantize, a.representative_images)
+        predictor = Predictor.load(a.model, a.config_file)
+        path = export(predictor.model, a.format, a.output, a.quantize, a.representative_images)
+        log.info("wrote %s %s", a.format, path)
+        print(path)
+        return EXIT_OK
+
+    p.set_defaults(run=run)
+
+
 # Subcommands in help order; other modules' commands are added here.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_train, _predict, _evaluate,
-                                                                 _data, _report, _calibrate]
+                                                                 _data, _report, _export,
+                                                                 _calibrate]
 
 
 class UsageError(Exception):
