@@ -180,7 +180,7 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
             validation_steps=inputs.validation_steps,
             shuffle=False,  # the dataset reshuffles itself every epoch
             verbose=1 if sys.stdout.isatty() else 2,
-            callbacks=[recorder, keras.callbacks.TensorBoard(
+            callbacks=[SyncMovingStatistics(strategy), recorder, keras.callbacks.TensorBoard(
                 log_dir=str(job / "logs"), write_graph=False, profile_batch=0)])
 
     # --- results ---------------------------------------------------------------------------
@@ -195,6 +195,7 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
         "replicas": strategy.num_replicas_in_sync, "global_batch_size": global_batch,
     }
     files.write_json(job / "summary.json", summary)
+    _barrier(strategy)
     log.info("done in %.0f s: best %s %.4f at epoch %s; model in %s", seconds, recorder.monitor,
              recorder.best, recorder.best_epoch, job)
     return job
@@ -437,6 +438,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         if n_workers < 1:
             log.warning("distribution multi_worker without TF_CONFIG: training on this host only")
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        _reduce_nested(strategy)
     elif name == "mirrored":
         devices = (tf.config.list_logical_devices("GPU")
                    or tf.config.list_logical_devices("CPU"))
@@ -445,3 +447,76 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         strategy = tf.distribute.get_strategy()
     log.info("distribution: %s, %d replica(s)", name, strategy.num_replicas_in_sync)
     return strategy
+
+
+class SyncMovingStatistics(keras.callbacks.Callback):
+    """Average BatchNormalization's moving mean and variance over all replicas.
+
+    Keras 3 updates them replica by replica (aggregation "none"), so with more than one
+    replica every copy drifts with its own batches, and the chief would save and validate with
+    its own. Each epoch starts from one value and the moving averages are linear, so averaging
+    before validation and at the end of each epoch gives what syncing every step would.
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy):
+        super().__init__()
+        self.strategy = strategy
+        self._sync = None
+
+    def _run(self) -> None:
+        if self.strategy.num_replicas_in_sync == 1:
+            return
+        if self._sync is None:
+            stats = [v for v in self.model.variables
+                     if v.path.endswith(("/moving_mean", "/moving_variance"))]
+
+            def average():
+                return tf.distribute.get_replica_context().all_reduce(
+                    "MEAN", [tf.identity(v.value) for v in stats])
+
+            def sync():
+                # Assigned outside the replica context: the value is the same everywhere, and
+                # an in-replica assign to these variables fails under the multi-worker strategy.
+                for v, mean in zip(stats, self.strategy.run(average)):
+                    v.assign(self.strategy.experimental_local_results(mean)[0])
+
+            self._sync = tf.function(sync, autograph=False)
+        self._sync()
+
+    def on_test_begin(self, logs=None):
+        self._run()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._run()
+
+
+def _barrier(strategy: tf.distribute.Strategy) -> None:
+    """Wait until every worker gets here: one that exits while another still saves its files
+    stops sending heartbeats, and TensorFlow aborts the others' collectives."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        def one():
+            return tf.constant(1.0)
+
+        strategy.reduce("SUM", tf.function(lambda: strategy.run(one), autograph=False)(),
+                        axis=None)
+
+
+def _reduce_nested(strategy: tf.distribute.Strategy) -> None:
+    """Make MultiWorkerMirroredStrategy.reduce take what Keras 3 (3.15) hands it.
+
+    With more than one worker, Keras calls `strategy.reduce` (1) on the first batch, an
+    (x, y, weight) tuple, to build the model, and (2) with axis=0 on each scalar metric after
+    every step. MirroredStrategy accepts both; the multi-worker strategy fails with "Attempt to
+    convert a value (PerReplica ...)" and "Invalid reduction dimension 0 for input with 0
+    dimensions". Reducing leaf by leaf, scalars across replicas only, is what Keras means.
+    """
+    reduce = strategy.reduce
+
+    def reduce_each(reduce_op, value, axis=None):
+        def one(v):
+            scalar = strategy.experimental_local_results(v)[0].shape.rank == 0
+            return reduce(reduce_op, v, axis=None if scalar else axis)
+
+        return tf.nest.map_structure(one, value)
+
+    strategy.reduce = reduce_each
