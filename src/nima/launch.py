@@ -117,13 +117,12 @@ def _need_dir(path: Path, what: str, writable: bool = False) -> Path:
 
 
 def new_job_dir(root: Path = Path("train_jobs")) -> Path:
-    """train_jobs/<timestamp>, named like `nima train` names it; created here so it is ours."""
+    """A free train_jobs/<timestamp>, named like `nima train` names it (not created yet)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     job, n = root / stamp, 1
     while job.exists():
         n += 1
         job = root / f"{stamp}-{n}"
-    job.mkdir(parents=True)
     return job
 
 
@@ -163,7 +162,12 @@ def _is_gpu_config(path: Path | None) -> bool:
 
 
 def plan_train(a: argparse.Namespace, rest: list[str]) -> tuple[RunSpec, Path]:
-    """Check the inputs, create the job dir, and map everything into the container."""
+    """Check the inputs, choose the job dir, and map everything into the container.
+
+    The caller creates the job dir (`job.mkdir(parents=True, exist_ok=True)`) just before the
+    container starts, as the user: a bind mount of a missing path would be created by the
+    engine, owned by root.
+    """
     spec = RunSpec(command=["train"])
     if a.resume:
         job = _need_dir(a.resume, "job directory", writable=True)
@@ -189,7 +193,6 @@ def plan_train(a: argparse.Namespace, rest: list[str]) -> tuple[RunSpec, Path]:
             if job.exists() and any(job.iterdir()):
                 raise LaunchError(f"job directory is not empty: {job} "
                                   "(use --resume to continue it)")
-            job.mkdir(parents=True, exist_ok=True)
         else:
             job = new_job_dir()
         spec.command += ["--config-file", spec.mount(config), "--samples-file", spec.mount(samples),
@@ -491,6 +494,7 @@ def launch(command: str, argv: Sequence[str]) -> int:
     network = os.environ.get("NIMA_DOCKER_NETWORK")
     detach = bool(getattr(a, "detach", False))
     if job is not None:
+        job.mkdir(parents=True, exist_ok=True)
         print(f"{prog}: job directory {job} (container {spec.name}, image {tag})", file=sys.stderr)
     try:
         code, container = run_container(client, tag, spec, gpu=gpu, network=network,
@@ -525,6 +529,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt  # `kill` of the launcher stops its container like Ctrl-C does
+
+
 if __name__ == "__main__":
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(main())

@@ -35,6 +35,8 @@ rootfs=$cache/rootfs-$key
 mkdir -p "$cache"
 
 if [ ! -f "$rootfs/.complete" ]; then
+    # Rootfs of older requirement lists (2-3 GB each) and interrupted builds go.
+    find "$cache" -maxdepth 1 -name 'rootfs-*' ! -name "rootfs-$key" -exec rm -rf {} +
     rm -rf "$rootfs" "$rootfs.tmp"
     echo "standin: debootstrap bookworm (about a minute)" >&2
     debootstrap --variant=minbase --include=python3 bookworm "$rootfs.tmp" \

@@ -130,7 +130,7 @@ def test_train_builds_the_image_and_writes_a_job_dir_owned_by_the_user(world):
                "samples.json", "--image-dir", "images")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "not found: building it from Dockerfile.cpu" in r.stderr
-    assert "Epoch 1/1" in r.stdout + r.stderr  # the container's log was streamed
+    assert "nima.train: done in" in r.stderr  # the container's log was streamed
     [job] = jobs(world)
     for name in ("config.json", "samples.json", "job.json", "best.keras", "model.keras",
                  "history.json", "history.csv", "summary.json", "checkpoint/state.json"):
@@ -224,7 +224,7 @@ def test_a_failing_run_exits_non_zero_and_keeps_the_job_dir(world):
 
 def test_a_killed_container_keeps_the_job_and_resume_finishes_it_detached(world):
     w, client = world["work"], world["client"]
-    cfg = tiny_config(epochs_train_dense=1, epochs_train_all=6)
+    cfg = tiny_config(epochs_train_dense=1, epochs_train_all=2)
     (w / "long.json").write_text(json.dumps(cfg))
     os.chown(w / "long.json", UID, GID)
     before = jobs(world)
@@ -250,7 +250,7 @@ def test_a_killed_container_keeps_the_job_and_resume_finishes_it_detached(world)
     assert "the container was killed" in err
     assert f"job directory kept: train_jobs/{job.name}" in err
     done = json.loads((job / "checkpoint" / "state.json").read_text())["epoch"]
-    assert done < 7 and not (job / "model.keras").exists()
+    assert done < 3 and not (job / "model.keras").exists()
 
     r = launch(world, "train-local", "--resume", f"train_jobs/{job.name}", "--detach")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -262,7 +262,7 @@ def test_a_killed_container_keeps_the_job_and_resume_finishes_it_detached(world)
     finally:
         container.remove(force=True)
     assert (job / "model.keras").is_file()
-    assert len(json.loads((job / "history.json").read_text())) == 7
+    assert len(json.loads((job / "history.json").read_text())) == 3
 
 
 def test_gpu_run_builds_the_gpu_image_and_says_why_no_gpu_can_be_had(world):
