@@ -48,6 +48,7 @@ def _sh(*cmd, **kw) -> str:
 def engine():
     """(DOCKER_HOST, stand-in base image tag) of a private engine, stopped afterwards."""
     run = Path(tempfile.mkdtemp(prefix="nimadk-", dir="/tmp"))  # short: socket path limit
+    run.chmod(0o711)  # the unprivileged launcher reaches the socket (mode 666) in here
     CACHE.mkdir(parents=True, exist_ok=True)
     # The cached data-root keeps the imported base image between runs; a second harness
     # running at the same time gets a throwaway one.
@@ -102,17 +103,32 @@ def world(engine, tmp_path_factory):
     os.chmod(root, 0o755)
     for p in [work, *work.rglob("*")]:
         os.chown(p, UID, GID)
+    python = _python_for(UID, sdk)
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(work), "DOCKER_HOST": host,
-           "PYTHONPATH": str(sdk), "NIMA_LAUNCH_PYTHON": os.path.realpath(sys.executable),
+           "PYTHONPATH": str(sdk), "NIMA_LAUNCH_PYTHON": python,
            "NIMA_BASE_IMAGE": base, "NIMA_DOCKER_BUILD_NETWORK": "host",
            "NIMA_DOCKER_NETWORK": "none", "TF_CPP_MIN_LOG_LEVEL": "2"}
     yield {"repo": repo, "work": work, "env": env, "client": client, "images": images}
     shutil.rmtree(root, ignore_errors=True)
 
 
+def _python_for(uid: int, sdk: Path) -> str:
+    """A python3 the unprivileged uid can run (the test's own may live under /root)."""
+    for python in (os.path.realpath(sys.executable), "/usr/bin/python3", "/usr/local/bin/python3"):
+        try:
+            subprocess.run([python, "-c", "import docker"], user=uid, group=uid, extra_groups=[],
+                           env={"PYTHONPATH": str(sdk)}, capture_output=True, cwd="/", check=True)
+            return python
+        except (OSError, subprocess.CalledProcessError):
+            continue
+    pytest.fail(f"no python3 that uid {uid} can run with the docker SDK (tried the test's own, "
+                "/usr/bin/python3, /usr/local/bin/python3)")
+
+
 def launch(world, script, *argv, wait=True, env=None):
-    """Run ./train-local or ./predict as the unprivileged user, in its work dir."""
-    cmd = [str(world["repo"] / script), *map(str, argv)]
+    """Run ./train-local or ./predict as the unprivileged user, in its work dir (--docker: no
+    silent fallback to local mode)."""
+    cmd = [str(world["repo"] / script), "--docker", *map(str, argv)]
     kw = dict(cwd=world["work"], env=env or world["env"], user=UID, group=GID, extra_groups=[],
               text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if not wait:
@@ -172,6 +188,7 @@ def test_inputs_are_read_only_and_the_job_dir_writable_in_the_container(world, c
         ["--config-file", str(w / "config.json"), "--samples-file", str(w / "samples.json"),
          "--image-dir", str(w / "images"), "--job-dir", str(w / "rw-probe")])
     spec, job = L.plan_train(a, rest)
+    job.mkdir()
     os.chown(job, UID, GID)
     probe = ("import errno, sys\n"
              "for p in sys.argv[1:4]:\n"
