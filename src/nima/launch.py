@@ -366,6 +366,10 @@ def run_container(client: "docker.DockerClient", image: str, spec: RunSpec, gpu:
         container = client.containers.create(**kwargs)
     except docker.errors.DockerException as e:
         raise LaunchError(f"cannot create the container: {_one_line(e)}") from None
+    # Attach before starting, as `docker run` does: nothing is lost, and the stream ends when
+    # the container exits (attaching to an already exited container can hang).
+    stream = None if detach else client.api.attach(container.id, stdout=True, stderr=True,
+                                                   stream=True, logs=False, demux=True)
     try:
         container.start()
     except docker.errors.APIError as e:
@@ -375,12 +379,11 @@ def run_container(client: "docker.DockerClient", image: str, spec: RunSpec, gpu:
             raise LaunchError(f"the Docker engine cannot provide GPUs ({msg}): install the NVIDIA "
                               "Container Toolkit on the host, or run without --gpu") from None
         raise LaunchError(f"cannot start the container: {msg}") from None
-    if detach:
+    if stream is None:
         return 0, container
     try:
         try:
-            for out, err in client.api.attach(container.id, stdout=True, stderr=True,
-                                              stream=True, logs=True, demux=True):
+            for out, err in stream:
                 if out:
                     sys.stdout.buffer.write(out)
                     sys.stdout.flush()
@@ -439,6 +442,8 @@ def _bootstrap_sdk(command: str, argv: list[str]) -> NoReturn:
     """Re-run this launcher from a small venv with the docker SDK (made on first use)."""
     venv = REPO / ".venv-launch"
     python = venv / "bin" / "python"
+    if os.environ.get("NIMA_LAUNCH_BOOTSTRAPPED"):
+        raise LaunchError(f"{python} cannot import the docker SDK: remove {venv} and retry")
     if not (venv / ".ok").exists():
         print(f"{PROGS[command]}: installing the docker SDK into {venv} (first use)",
               file=sys.stderr)
@@ -450,7 +455,7 @@ def _bootstrap_sdk(command: str, argv: list[str]) -> NoReturn:
         except (subprocess.CalledProcessError, OSError) as e:
             raise LaunchError(f"could not install the docker SDK into {venv}: {_one_line(e)}"
                               ) from None
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), NIMA_LAUNCH_BOOTSTRAPPED="1")
     os.execve(python, [str(python), "-m", "nima.launch", command, *argv], env)
 
 
@@ -527,6 +532,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LaunchError as e:
         print(f"{PROGS[command]}: error: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except KeyboardInterrupt:  # e.g. during an image build
+        print(f"{PROGS[command]}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _terminate(signum, frame) -> None:

@@ -41,11 +41,16 @@ start)
     ;;
 stop)
     pidfile=$run/docker.pid
-    [ -f "$pidfile" ] || exit 0
-    pid=$(cat "$pidfile")
-    kill "$pid" 2>/dev/null || exit 0
-    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || exit 0; sleep 0.5; done
-    kill -9 "$pid" 2>/dev/null || true
+    if [ -f "$pidfile" ]; then
+        pid=$(cat "$pidfile")
+        if kill "$pid" 2>/dev/null; then
+            for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+    fi
+    # dockerd leaves its network namespace file mounted in the exec-root.
+    awk -v run="$run/" 'index($2, run) == 1 {print $2}' /proc/mounts | sort -r \
+        | xargs -r -n1 umount -l
     ;;
 *) echo "usage: engine.sh start|stop RUNDIR [DATAROOT]" >&2; exit 2 ;;
 esac
