@@ -63,9 +63,11 @@ def engine():
         env = dict(os.environ, DOCKER_HOST=host)
         base = _sh(HERE / "standin.sh", env=env, timeout=1200).splitlines()[-1]
         client = docker.DockerClient(base_url=host)
-        # Images of earlier runs go, so the real Dockerfiles are built by this one.
+        # Images of earlier runs go, so the real Dockerfiles are built by this one, and so do
+        # stand-ins for older requirement lists (2-3 GB each).
         for image in client.images.list():
-            if any(t.startswith(("nima-cpu:", "nima-gpu:")) for t in image.tags):
+            if any(t.startswith(("nima-cpu:", "nima-gpu:")) or t.startswith("nima-standin:")
+                   and t != base for t in image.tags):
                 client.images.remove(image.id, force=True)
         client.images.prune()
         yield host, base, client
