@@ -1,6 +1,7 @@
 """./train-remote: train on a GPU machine's Docker engine over SSH, results copied back.
 
-    ./train-remote --host ssh://ubuntu@gpu-vm --config-file models/MobileNet/config_aesthetic_gpu.json \\
+    ./train-remote --host ssh://ubuntu@gpu-vm \\
+        --config-file models/MobileNet/config_aesthetic_gpu.json \\
         --samples-file data/AVA/ava_labels_train.json --image-dir /mnt/ava/images
 
 The laptop needs python3, the docker SDK and `ssh` (keys, ~/.ssh/config and known_hosts are
@@ -66,9 +67,13 @@ def connect(host: str, timeout: float = 30) -> "docker.DockerClient":
     """A client for the Docker engine behind ssh://[user@]host[:port], through the ssh binary
     (so ~/.ssh/config, agents and known_hosts apply)."""
     if docker is None:
-        raise LaunchError("the docker SDK for Python is not installed (pip install docker)")
+        raise LaunchError("the docker SDK for Python is not installed: pip install 'docker[ssh]'")
     if not host.startswith("ssh://"):
         raise LaunchError(f"--host must look like ssh://user@host[:port], got {host!r}")
+    try:
+        import paramiko  # noqa: F401  (the SDK needs it for ssh:// even when it runs `ssh`)
+    except ImportError:
+        raise LaunchError("ssh:// hosts need paramiko: pip install 'docker[ssh]'") from None
     try:
         client = docker.DockerClient(base_url=host, use_ssh_client=True, timeout=int(timeout))
         client.ping()
