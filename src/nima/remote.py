@@ -78,8 +78,10 @@ def connect(host: str, timeout: float = 30) -> "docker.DockerClient":
         client = docker.DockerClient(base_url=host, use_ssh_client=True, timeout=int(timeout))
         client.ping()
     except Exception as e:
+        where, _, port = host[6:].partition(":")
         raise LaunchError(f"no Docker engine answers at {host} ({_one_line(e)}); check that "
-                          f"`ssh {host[6:]} docker version` works") from None
+                          f"`ssh {'-p ' + port + ' ' if port else ''}{where} docker version` "
+                          "works") from None
     client.api.timeout = None  # training may print nothing for a long time
     return client
 
