@@ -34,6 +34,15 @@ cache=${NIMA_DOCKER_CI_CACHE:-$HOME/.cache/nima-docker-ci}
 rootfs=$cache/rootfs-$key
 mkdir -p "$cache"
 
+drop() {  # rm -rf, after unmounting what an interrupted debootstrap left mounted inside (proc)
+    local d
+    for d in "$@"; do
+        awk -v d="$d/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r \
+            | xargs -r -n1 umount -l
+        rm -rf "$d"
+    done
+}
+
 # One build per key at a time (other harnesses on this machine share the cache): the second
 # waits, then finds the finished rootfs.
 exec 9>"$cache/rootfs-$key.lock"
@@ -41,10 +50,11 @@ flock 9
 if [ ! -f "$rootfs/.complete" ]; then
     # Rootfs of older requirement lists (2-3 GB each) and builds abandoned over 3 hours ago go.
     find "$cache" -maxdepth 1 -name 'rootfs-*' ! -name "rootfs-$key" ! -name '*.lock' \
-        \( ! -name '*.tmp*' -o -mmin +180 \) -exec rm -rf {} +
-    rm -rf "$rootfs"
+        \( ! -name '*.tmp*' -o -mmin +180 \) -print0 \
+        | while IFS= read -r -d '' old; do drop "$old"; done
+    drop "$rootfs"
     tmp=$(mktemp -d "$rootfs.tmpXXXX")
-    trap 'rm -rf "$tmp"' EXIT
+    trap 'drop "$tmp"' EXIT
     echo "standin: debootstrap bookworm (about a minute)" >&2
     debootstrap --variant=minbase --include=python3 bookworm "$tmp" \
         http://deb.debian.org/debian >"$tmp.log" 2>&1 \
@@ -60,7 +70,7 @@ if [ ! -f "$rootfs/.complete" ]; then
     rm -rf "$site/bin"
     chmod 755 "$tmp"
     touch "$tmp/.complete"
-    mv -T "$tmp" "$rootfs" 2>/dev/null || rm -rf "$tmp"  # a harness without the lock won
+    mv -T "$tmp" "$rootfs" 2>/dev/null || drop "$tmp"  # a harness without the lock won
     trap - EXIT
 fi
 flock -u 9
