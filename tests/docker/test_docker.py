@@ -62,7 +62,7 @@ def engine():
         host = _sh(HERE / "engine.sh", "start", run, data, timeout=900)
         env = dict(os.environ, DOCKER_HOST=host)
         base = _sh(HERE / "standin.sh", env=env, timeout=1200).splitlines()[-1]
-        client = docker.DockerClient(base_url=host)
+        client = docker.DockerClient(base_url=host, timeout=900)  # deleting GBs takes a while
         # Images of earlier runs go, so the real Dockerfiles are built by this one, and so do
         # stand-ins for older requirement lists (2-3 GB each).
         old = lambda prefixes: [i for i in client.images.list() if any(  # noqa: E731
