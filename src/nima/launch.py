@@ -144,16 +144,21 @@ def _parser(command: str) -> argparse.ArgumentParser:
     if command == "train":
         p.add_argument("--detach", action="store_true",
                        help="leave training running in the background and print how to follow it")
-        p.add_argument("--config-file", type=Path)
-        p.add_argument("--samples-file", type=Path)
-        p.add_argument("--image-dir", type=Path)
-        p.add_argument("--job-dir", type=Path)
-        p.add_argument("--resume", type=Path, metavar="JOB_DIR")
+        p.add_argument("--config-file", type=Path, help="JSON config (mounted read-only); a "
+                       "name with _gpu implies --gpu")
+        p.add_argument("--samples-file", type=Path, help="label JSON (mounted read-only)")
+        p.add_argument("--image-dir", type=Path, help="image folder (mounted read-only)")
+        p.add_argument("--job-dir", type=Path, help="output folder, mounted read-write "
+                       "(default: train_jobs/<timestamp>)")
+        p.add_argument("--resume", type=Path, metavar="JOB_DIR",
+                       help="continue a stopped or killed job")
     else:
-        p.add_argument("--image-source", type=Path)
-        p.add_argument("--weights-file", "--model", dest="weights_file", type=Path)
-        p.add_argument("--config-file", type=Path)
-        p.add_argument("--predictions-file", type=Path)
+        p.add_argument("--image-source", type=Path, help="image file or folder (read-only)")
+        p.add_argument("--weights-file", "--model", dest="weights_file", type=Path,
+                       help="model file or job dir (default: the shipped model in the image)")
+        p.add_argument("--config-file", type=Path, help="config for a .weights.h5 file")
+        p.add_argument("--predictions-file", type=Path,
+                       help="write results here; its folder is mounted read-write")
     return p
 
 

@@ -34,25 +34,47 @@ cache=${NIMA_DOCKER_CI_CACHE:-$HOME/.cache/nima-docker-ci}
 rootfs=$cache/rootfs-$key
 mkdir -p "$cache"
 
+drop() {  # rm -rf, after unmounting what an interrupted debootstrap left mounted inside (proc)
+    local d
+    for d in "$@"; do
+        awk -v d="$d/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r \
+            | xargs -r -n1 umount -l
+        rm -rf "$d"
+    done
+}
+
+# One build per key at a time (other harnesses on this machine share the cache): the second
+# waits, then finds the finished rootfs.
+exec 9>"$cache/rootfs-$key.lock"
+flock 9
 if [ ! -f "$rootfs/.complete" ]; then
-    # Rootfs of older requirement lists (2-3 GB each) and interrupted builds go.
-    find "$cache" -maxdepth 1 -name 'rootfs-*' ! -name "rootfs-$key" -exec rm -rf {} +
-    rm -rf "$rootfs" "$rootfs.tmp"
+    # Rootfs of older requirement lists (2-3 GB each) and builds abandoned over 3 hours ago go.
+    find "$cache" -maxdepth 1 -name 'rootfs-*' ! -name "rootfs-$key" ! -name '*.lock' \
+        \( ! -name '*.tmp*' -o -mmin +180 \) -print0 \
+        | while IFS= read -r -d '' old; do drop "$old"; done
+    drop "$rootfs"
+    tmp=$(mktemp -d "$rootfs.tmpXXXX")
+    trap 'drop "$tmp"' EXIT
     echo "standin: debootstrap bookworm (about a minute)" >&2
-    debootstrap --variant=minbase --include=python3 bookworm "$rootfs.tmp" \
-        http://deb.debian.org/debian >"$cache/debootstrap.log" 2>&1 \
-        || { tail -n 20 "$cache/debootstrap.log" >&2; exit 1; }
-    rm -rf "$rootfs.tmp"/var/cache/apt/archives/*.deb "$rootfs.tmp"/var/lib/apt/lists/*
-    site=$rootfs.tmp/usr/local/lib/python3.11/dist-packages  # on Debian python3's sys.path
+    debootstrap --variant=minbase --include=python3 bookworm "$tmp" \
+        http://deb.debian.org/debian >"$tmp.log" 2>&1 \
+        || { tail -n 20 "$tmp.log" >&2; rm -f "$tmp.log"; exit 1; }
+    rm -f "$tmp.log"
+    rm -rf "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/*
+    site=$tmp/usr/local/lib/python3.11/dist-packages  # on Debian python3's sys.path
     echo "standin: pip install --target (from the host):" $reqs >&2
     # shellcheck disable=SC2086
     "$python" -m pip install -q --no-cache-dir --target "$site" $(echo "$reqs" | tr '\n' ' ')
     # Console scripts land in $site/bin with the host interpreter's path; the image does not
     # need them (the Dockerfile runs `python3 -m pip`).
     rm -rf "$site/bin"
-    touch "$rootfs.tmp/.complete"
-    mv "$rootfs.tmp" "$rootfs"
+    chmod 755 "$tmp"
+    touch "$tmp/.complete"
+    mv -T "$tmp" "$rootfs" 2>/dev/null || drop "$tmp"  # a harness without the lock won
+    trap - EXIT
 fi
+flock -u 9
+[ -f "$rootfs/.complete" ] || { echo "standin: $rootfs is incomplete" >&2; exit 1; }
 
 echo "standin: docker import $rootfs as $tag" >&2
 tar -C "$rootfs" --exclude=./.complete -c . \

@@ -62,14 +62,19 @@ def engine():
         host = _sh(HERE / "engine.sh", "start", run, data, timeout=900)
         env = dict(os.environ, DOCKER_HOST=host)
         base = _sh(HERE / "standin.sh", env=env, timeout=1200).splitlines()[-1]
-        client = docker.DockerClient(base_url=host)
+        client = docker.DockerClient(base_url=host, timeout=900)  # deleting GBs takes a while
         # Images of earlier runs go, so the real Dockerfiles are built by this one, and so do
         # stand-ins for older requirement lists (2-3 GB each).
-        for image in client.images.list():
-            if any(t.startswith(("nima-cpu:", "nima-gpu:")) or t.startswith("nima-standin:")
-                   and t != base for t in image.tags):
+        old = lambda prefixes: [i for i in client.images.list() if any(  # noqa: E731
+            t.startswith(prefixes) and t != base for t in i.tags)]
+        for image in old(("nima-cpu:", "nima-gpu:")):
+            client.images.remove(image.id, force=True)
+        client.images.prune()  # untagged leftovers, e.g. the builder stage
+        for image in old(("nima-standin:",)):
+            try:
                 client.images.remove(image.id, force=True)
-        client.images.prune()
+            except docker.errors.APIError:  # still a parent of something: harmless
+                pass
         yield host, base, client
         client.close()
     finally:
