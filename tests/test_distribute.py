@@ -121,7 +121,8 @@ def test_multi_worker_two_processes_end_with_identical_weights(tmp_path):
     assert [row["epoch"] for row in history] == [1, 2]
     assert all(np.isfinite(row["loss"]) and np.isfinite(row["val_loss"]) for row in history)
     # Only the chief wrote the job directory; the worker wrote its copy elsewhere.
-    assert (job / "checkpoint" / "last.weights.h5").is_file()
+    state = json.loads((job / "checkpoint" / "state.json").read_text())
+    assert state["epoch"] == 2 and (job / "checkpoint" / state["weights"]).is_file()
     assert (scratch / "model.keras").is_file() and not (job / "worker1").exists()
 
     chief_w, worker_w = _weights(job / "model.keras"), _weights(scratch / "model.keras")
@@ -171,7 +172,8 @@ def test_mixed_precision_builds_and_trains_with_float32_outputs(tmp_path):
     # compile() wrapped Adam in a LossScaleOptimizer, and the checkpoint holds its state.
     import h5py
 
-    with h5py.File(job / "checkpoint" / "last.weights.h5") as f:
+    state = json.loads((job / "checkpoint" / "state.json").read_text())
+    with h5py.File(job / "checkpoint" / state["weights"]) as f:
         assert "optimizer/inner_optimizer/vars" in f and "optimizer/vars" in f
     conv = next(layer for layer in load_model(job / "model.keras").layers[2].layers
                 if layer.name == "conv1")
