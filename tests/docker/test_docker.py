@@ -84,7 +84,7 @@ def engine():
 
 
 @pytest.fixture(scope="module")
-def world(engine, tmp_path_factory):
+def world(engine):
     """A copy of the launcher files and the docker SDK readable by the unprivileged uid (the
     checkout may live under /root), a work dir owned by that uid, and generated data."""
     host, base, client = engine
