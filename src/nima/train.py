@@ -6,7 +6,8 @@ layer at a lower learning rate. Everything lands in a job directory:
     train_jobs/<timestamp>/
       config.json  samples.json  job.json   what was run, on what, with which versions
       skipped.txt                           label rows without a readable image
-      checkpoint/last.weights.h5, state.json   after every epoch: weights + optimizer + epoch
+      checkpoint/epoch-NNNN.weights.h5, state.json   after every epoch: weights + optimizer,
+                                            and the epoch, phase and history they belong to
       best.keras                            lowest val_loss so far (loss without validation)
       model.keras                           the model after the last epoch
       history.json  history.csv             one row per epoch, both phases
@@ -93,10 +94,11 @@ def resume(job_dir: str | Path, image_dir: str | Path | None = None) -> Path:
         raise NimaError(f"not a training job directory (no config.json): {job}")
     config = Config.load(job / "config.json")
     samples = labels.load_samples(job / "samples.json")
-    meta = json.loads((job / "job.json").read_text())
+    meta = labels.read_json_file(job / "job.json", "job file", 1 << 20, NimaError)
     image_dir = Path(image_dir or meta["image_dir"])
     state_file = job / "checkpoint" / "state.json"
-    state = json.loads(state_file.read_text()) if state_file.is_file() else None
+    state = (labels.read_json_file(state_file, "checkpoint state", 1 << 30, NimaError)
+             if state_file.is_file() else None)
     if state is None:
         log.info("no completed epoch in %s: starting from the beginning", job)
     else:
@@ -159,7 +161,7 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
             if index == restore_index:
                 # Build the optimizer's slots first so its saved state loads too.
                 model.optimizer.build(model.trainable_variables)
-                model.load_weights(job / "checkpoint" / "last.weights.h5")
+                model.load_weights(job / "checkpoint" / state.get("weights", "last.weights.h5"))
                 first_epoch = state["epoch"]
         if first_epoch >= phase.end:
             continue
@@ -196,8 +198,10 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
 class EpochRecorder(keras.callbacks.Callback):
     """After every epoch: history files, best model, and the resumable checkpoint.
 
-    Files are replaced atomically, weights before state, so a kill at any instant leaves a
-    state.json that points at a complete checkpoint.
+    Files are replaced atomically. Each epoch's weights go to a new file and state.json,
+    written last, names it: a kill at any instant leaves a state.json whose weights, epoch
+    and history belong together (a kill between the two writes must not pair epoch N's
+    state with epoch N+1's weights, or the resumed job would train one epoch twice).
     """
 
     def __init__(self, job: Path, state: dict | None):
@@ -232,12 +236,16 @@ class EpochRecorder(keras.callbacks.Callback):
                 self.model.save(tmp)
         ckpt = self.job / "checkpoint"
         ckpt.mkdir(exist_ok=True)
-        with files.atomic_path(ckpt / "last.weights.h5", suffix=".weights.h5") as tmp:
+        weights = f"epoch-{epoch + 1:04d}.weights.h5"
+        with files.atomic_path(ckpt / weights, suffix=".weights.h5") as tmp:
             self.model.save_weights(tmp)
         files.write_json(ckpt / "state.json", {
-            "epoch": epoch + 1, "phase": self.phase, "monitor": self.monitor,
+            "epoch": epoch + 1, "phase": self.phase, "weights": weights, "monitor": self.monitor,
             "best": self.best, "best_epoch": self.best_epoch,
             "seconds": time.monotonic() - self.t_start, "history": self.rows})
+        for old in ckpt.glob("*.weights.h5"):  # only now are older checkpoints unneeded
+            if old.name != weights:
+                old.unlink(missing_ok=True)
         files.write_json(self.job / "history.json", self.rows)
         files.write_text(self.job / "history.csv", _csv(self.rows))
         plots.write_history_plot(self.job / "history.png", self.rows)  # never raises
@@ -255,13 +263,14 @@ def _csv(rows: list[dict]) -> str:
 
 
 def probe_images(paths: list[Path], workers: int = 8) -> dict[str, str]:
-    """Header-check every image in parallel (cheap); return {path: reason} for the bad ones.
+    """Check every image in parallel; return {path: reason} for the bad ones.
 
-    Files that pass the header check but fail to decode are dropped later by the pipeline.
+    A full decode at a small size (JPEG at 1/8 scale), so truncated and corrupt files are
+    listed in skipped.txt and counted against max_missing_fraction before the first epoch.
     """
     def probe(path: Path) -> str | None:
         try:
-            images.open_image(path).close()
+            images.check_image(path)
             return None
         except ImageError as e:
             return str(e)
