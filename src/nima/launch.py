@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import logging
 import os
 import re
 import secrets
@@ -42,7 +41,6 @@ try:
 except ImportError:  # the host may not have the SDK yet: see _bootstrap_sdk
     docker = None  # type: ignore[assignment]
 
-log = logging.getLogger("nima.launch")
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_ROOT = PurePosixPath("/host")

@@ -84,7 +84,7 @@ def engine():
 
 
 @pytest.fixture(scope="module")
-def world(engine, tmp_path_factory):
+def world(engine):
     """A copy of the launcher files and the docker SDK readable by the unprivileged uid (the
     checkout may live under /root), a work dir owned by that uid, and generated data."""
     host, base, client = engine
@@ -185,6 +185,12 @@ def test_predict_writes_json_and_prints_to_stdout(world):
     [one] = json.loads(r.stdout)
     [same] = [x for x in results if x["image_id"] == "img0003"]
     assert abs(one["mean_score_prediction"] - same["mean_score_prediction"]) < 1e-4
+    if (world["repo"] / "models" / "default").is_dir():
+        # No --weights-file: the shipped model copied into the image ($NIMA_MODELS_DIR).
+        r = launch(world, "predict", "--image-source", "images/img0003.jpg")
+        assert r.returncode == 0, r.stderr[-3000:]
+        [shipped] = json.loads(r.stdout)
+        assert shipped["image_id"] == "img0003" and 1 <= shipped["mean_score_prediction"] <= 10
 
 
 def test_inputs_are_read_only_and_the_job_dir_writable_in_the_container(world, capfd):
