@@ -453,7 +453,7 @@ def _bootstrap_sdk(command: str, argv: list[str]) -> NoReturn:
         try:
             subprocess.run([getattr(sys, "_base_executable", None) or sys.executable, "-m", "venv",
                             str(venv)], check=True)
-            subprocess.run([str(python), "-m", "pip", "install", "-q", "docker>=7"], check=True)
+            subprocess.run([str(python), "-m", "pip", "install", "-q", "docker[ssh]>=7"], check=True)
             (venv / ".ok").touch()
         except (subprocess.CalledProcessError, OSError) as e:
             raise LaunchError(f"could not install the docker SDK into {venv}: {_one_line(e)}"
