@@ -1,12 +1,12 @@
 """Benchmark `nima predict` against pyiqa's NIMA on the same JPEGs (a script, not a test).
 
     .venv/bin/python bench/predict.py --images 3000            # speed, side by side
-    .venv/bin/python bench/predict.py --images 2000 --flat 20000  # + peak RSS 2k vs 20k
+    .venv/bin/python bench/predict.py --images 3000 --flat 2000 20000  # + peak RSS 2k vs 20k
 
 What it does:
   1. Generates N photographic-ish JPEGs of 0.2-0.8 MP (random crops of scikit-learn's sample
      photos, resized, with sensor-like noise, JPEG quality 80-95) under bench/.data/ (cached).
-     The 20,000-image folder for the flatness check hard-links the 2,000 files 10 times
+     The 20,000-image folder for the flatness check hard-links 2,000 of them 10 times
      (same bytes, different names: memory behaviour is what is measured).
   2. Builds the benchmark model once: NIMA on MobileNet alpha 1.0, 224x224, base_weights None.
   3. Creates bench/.venv-pyiqa (pyiqa + CPU torch 2.13.0; ignored by git) and runs pyiqa's NIMA
@@ -61,8 +61,8 @@ def make_images(directory: Path, n: int, seed: int = 0) -> Path:
     return directory
 
 
-def link_copies(src: Path, directory: Path, times: int) -> Path:
-    files = sorted(src.glob("*.jpg"))
+def link_copies(src: Path, directory: Path, times: int, limit: int | None = None) -> Path:
+    files = sorted(src.glob("*.jpg"))[:limit]
     if directory.is_dir() and len(list(directory.glob("*.jpg"))) == len(files) * times:
         return directory
     directory.mkdir(parents=True, exist_ok=True)
@@ -89,9 +89,13 @@ def make_model(path: Path) -> Path:
 
 
 PYIQA_RUN = r"""
-import sys, time, torch, pyiqa
+import sys, time, torch, timm, pyiqa
 from pathlib import Path
 from pyiqa.archs.nima_arch import NIMA
+# NIMA.__init__ asks timm for ImageNet weights (a download, impossible here); the speed of a
+# forward pass does not depend on weight values, so build the backbone without them.
+_create = timm.create_model
+timm.create_model = lambda *a, **k: _create(*a, **{**k, "pretrained": False})
 from pyiqa.utils.img_util import imread2tensor
 torch.set_num_threads(int(sys.argv[2]))
 files = sorted(Path(sys.argv[1]).glob("*.jpg"))
@@ -146,8 +150,9 @@ def nima_run(folder: Path, model: Path, out: Path, backend: str, extra=()) -> di
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=3000)
-    ap.add_argument("--flat", type=int, default=0,
-                    help="also measure peak RSS on this many images (10x --images: hard links)")
+    ap.add_argument("--flat", type=int, nargs=2, metavar=("SMALL", "LARGE"),
+                    help="also compare peak RSS on SMALL vs LARGE images (e.g. 2000 20000): "
+                    "hard links to the first SMALL generated files, repeated")
     ap.add_argument("--no-pyiqa", action="store_true")
     ap.add_argument("--keras", action="store_true", help="also time --backend keras")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -174,9 +179,13 @@ def main() -> None:
         res["ratio_end_to_end"] = round(res["nima_tflite"]["img_s"]
                                         / res["pyiqa_nima_mobilenetv2"]["img_s"], 2)
     if a.flat:
-        big = link_copies(folder, DATA / f"n{a.flat}", a.flat // a.images)
-        res[f"nima_tflite_{a.flat}"] = nima_run(big, model, DATA / "out_big.json", "tflite")
-        small, large = res["nima_tflite"]["peak_rss_mib"], res[f"nima_tflite_{a.flat}"]["peak_rss_mib"]
+        n_small, n_large = a.flat
+        small_dir = link_copies(folder, DATA / f"flat{n_small}", 1, n_small)
+        large_dir = link_copies(small_dir, DATA / f"flat{n_large}", n_large // n_small)
+        for n, d in ((n_small, small_dir), (n_large, large_dir)):
+            res[f"nima_tflite_{n}"] = nima_run(d, model, DATA / f"out{n}.json", "tflite")
+        small = res[f"nima_tflite_{n_small}"]["peak_rss_mib"]
+        large = res[f"nima_tflite_{n_large}"]["peak_rss_mib"]
         res["rss_growth_pct"] = round(100 * (large - small) / small, 1)
     print(json.dumps(res, indent=2))
 
