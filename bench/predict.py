@@ -83,8 +83,18 @@ def make_model(path: Path) -> Path:
 
     config = Config(base_model_name="MobileNet", base_model_args={"alpha": 1.0},
                     base_weights=None, input_size=224)
+    import keras
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    build_model(config).save(path)
+    model = build_model(config)
+    # Without trained weights every image gets the same output; batch-norm statistics from one
+    # batch of noise make outputs image-dependent, so the Keras-vs-TFLite check means something.
+    for layer in model.layers[2].layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0
+    model(np.random.default_rng(0).uniform(0, 255, (16, 224, 224, 3)).astype("float32"),
+          training=True)
+    model.save(path)
     return path
 
 
@@ -156,6 +166,8 @@ def main() -> None:
     ap.add_argument("--no-pyiqa", action="store_true")
     ap.add_argument("--keras", action="store_true", help="also time --backend keras")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--check", type=int, default=200,
+                    help="compare TFLite with Keras scores on this many images (0: skip)")
     a = ap.parse_args()
 
     folder = make_images(DATA / f"n{a.images}", a.images)
@@ -178,6 +190,16 @@ def main() -> None:
             "peak_rss_mib": round(rss), "load_before": before, "load_after": load()}
         res["ratio_end_to_end"] = round(res["nima_tflite"]["img_s"]
                                         / res["pyiqa_nima_mobilenetv2"]["img_s"], 2)
+    if a.check:
+        sub = link_copies(folder, DATA / f"check{a.check}", 1, a.check)
+        outs = {}
+        for backend in ("keras", "tflite"):
+            outs[backend] = DATA / f"check_{backend}.json"
+            nima_run(sub, model, outs[backend], backend)
+        k, t = (np.array([r["predictions"] for r in json.loads(outs[b].read_text())])
+                for b in ("keras", "tflite"))
+        res["check_tflite_vs_keras"] = {"images": len(k), "max_abs_diff": float(abs(k - t).max()),
+                                        "output_spread_sd": float(k.std(axis=0).max())}
     if a.flat:
         n_small, n_large = a.flat
         small_dir = link_copies(folder, DATA / f"flat{n_small}", 1, n_small)
