@@ -137,6 +137,8 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-file", type=Path, help="write the metrics as JSON here")
     p.add_argument("--predictions-file", type=Path,
                    help="write per-image labels and predictions as JSON here")
+    p.add_argument("--report-dir", type=Path, help="write report.html and PNG plots here "
+                   "(scatter, histograms, EMD, confusion matrix)")
 
     def run(a: argparse.Namespace) -> int:
         from nima.evaluate import evaluate, format_table
@@ -146,7 +148,8 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
         result = evaluate(a.samples_file, image_dir=a.image_dir, model=a.model,
                           config_file=a.config_file, baseline=a.baseline,
                           prior_samples_file=a.prior_samples_file, batch_size=a.batch_size,
-                          output_file=a.output_file, predictions_file=a.predictions_file)
+                          output_file=a.output_file, predictions_file=a.predictions_file,
+                          report_dir=a.report_dir)
         print(f"{result['model']} on {a.samples_file}")
         print(format_table(result))
         return EXIT_OK
@@ -154,9 +157,211 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="HTML gallery (or PNG sheet) of scored images",
+                       description="Browse `nima predict` results: one self-contained HTML page "
+                       "(works offline) with thumbnails sorted by mean score, each with its "
+                       "score distribution, a score filter and the files that failed.")
+    p.add_argument("predictions", type=Path, metavar="PREDICTIONS",
+                   help="output of `nima predict` (JSON, JSONL or CSV)")
+    p.add_argument("--image-source", type=Path, required=True, metavar="DIR",
+                   help="the --image-source that was scored (image paths are relative to it)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="FILE",
+                   help="gallery.html or sheet.png")
+    p.add_argument("--format", choices=("html", "png"),
+                   help="html page or png contact sheet (default: from the -o suffix)")
+    p.add_argument("--top", type=int, metavar="N", help="only the N best-scored images")
+    p.add_argument("--bottom", type=int, metavar="N", help="only the N worst-scored images")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="read only the first N entries of PREDICTIONS")
+    p.add_argument("--thumb-size", type=int, default=160, metavar="PX",
+                   help="thumbnail size in pixels (default 160)")
+    p.add_argument("--title", help="page title")
+
+    def run(a: argparse.Namespace) -> int:
+        from nima.report import gallery
+
+        gallery(a.predictions, a.image_source, a.output, fmt=a.format, top=a.top,
+                bottom=a.bottom, limit=a.limit, title=a.title, thumb_size=a.thumb_size)
+        return EXIT_OK
+
+    p.set_defaults(run=run)
+
+
+def _data_ava(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ava", help="AVA.txt -> train/test label files (vote counts)",
+                       description="Make ava_labels_train.json and ava_labels_test.json from "
+                       "AVA.txt (index, image id, 10 vote counts, tag 1, tag 2, challenge).")
+    p.add_argument("ava_file", type=Path, metavar="AVA.txt")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--tags", nargs="+", metavar="TAG", default=(),
+                   help="keep images with one of these semantic tags (names need --tags-file)")
+    p.add_argument("--tags-file", type=Path, metavar="tags.txt", help="tag id -> name list")
+    p.add_argument("--test-fraction", type=float, default=0.1,
+                   help="random test share (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    p.add_argument("--test-ids", type=Path, metavar="FILE",
+                   help="official split: file of test image ids (overrides --test-fraction)")
+    p.add_argument("--min-votes", type=int, default=1, help="drop images with fewer votes")
+    p.add_argument("--image-dir", type=Path, help="drop ids whose image is not in this folder")
+
+    def run(a: argparse.Namespace) -> int:
+        from nima.data import ava
+
+        r = ava.build(a.ava_file, a.out_dir, tags=a.tags, tags_file=a.tags_file,
+                      test_fraction=a.test_fraction, seed=a.seed, test_ids=a.test_ids,
+                      min_votes=a.min_votes, image_dir=a.image_dir)
+        dropped = ", ".join(f"{v} {k}" for k, v in r.dropped.items() if v) or "none"
+        print(f"{a.ava_file}: {r.total} images; dropped: {dropped}")
+        print(f"train: {len(r.train)} -> {a.out_dir / 'ava_labels_train.json'}")
+        print(f"test: {len(r.test)} -> {a.out_dir / 'ava_labels_test.json'}")
+        return EXIT_OK
+
+    p.set_defaults(run=run)
+
+
+def _data_tid2013(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tid2013", help="TID2013 MOS -> train/test max-entropy labels",
+                       description="Make tid_labels_train.json and tid_labels_test.json from "
+                       "mos_with_names.txt: MOS 0..9 is rescaled to 1..10 and spread by maximum "
+                       "entropy; the split is by reference image (default test I01-I03, as in "
+                       "the shipped data/TID2013 files).")
+    p.add_argument("mos_file", type=Path, metavar="mos_with_names.txt")
+    p.add_argument("--out-dir", type=Path, required=True)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--test-refs", nargs="+", metavar="REF", help="test reference images, "
+                   "e.g. I01 I02 I03 (default)")
+    g.add_argument("--test-fraction", type=float, help="random share of reference images")
+    p.add_argument("--seed", type=int, default=0, help="seed for --test-fraction (default 0)")
+
+    def run(a: argparse.Namespace) -> int:
+        from nima.data import tid2013
+
+        r = tid2013.build(a.mos_file, a.out_dir, test_refs=a.test_refs,
+                          test_fraction=a.test_fraction, seed=a.seed)
+        refs = " ".join(f"I{n:02d}" for n in r.test_refs)
+        print(f"train: {len(r.train)} -> {a.out_dir / 'tid_labels_train.json'}")
+        print(f"test: {len(r.test)} (references {refs}) -> {a.out_dir / 'tid_labels_test.json'}")
+        return EXIT_OK
+
+    p.set_defaults(run=run)
+
+
+def _data_mos(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("mos", help="CSV of mean opinion scores -> label file",
+                       description="Columns image, mos[, std][, n] (by header name, or in "
+                       "this order). Scores on --scale are mapped to 1..10 and spread over the "
+                       "bins by maximum entropy or as a discretised normal (needs std).")
+    p.add_argument("csv_file", type=Path, metavar="FILE.csv")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.json")
+    p.add_argument("--scale", type=float, nargs=2, default=(1.0, 10.0), metavar=("LO", "HI"),
+                   help="the score scale of the file (default 1 10)")
+    p.add_argument("--method", choices=("maxent", "normal"), default="maxent")
+    p.add_argument("--min-n", type=float, help="drop images rated fewer times (needs n)")
+
+    def run(a: argparse.Namespace) -> int:
+        from nima.data import mos
+
+        r = mos.convert(a.csv_file, a.out, scale=tuple(a.scale), method=a.method,
+                        min_n=a.min_n)
+        extra = f" ({r.dropped_min_n} with n < {a.min_n:g} dropped)" if r.dropped_min_n else ""
+        print(f"{r.written} of {r.rows} images -> {a.out}{extra}")
+        return EXIT_OK
+
+    p.set_defaults(run=run)
+
+
+def _data_undersample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("undersample", help="at most N images per rating bin",
+                       description="Keep at most N images per rating bin (mean score rounded "
+                       "to 1..10), chosen with a seed; rows keep their order and raw labels.")
+    p.add_argument("labels", type=Path, metavar="LABELS")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--max-per-bin", type=int, required=True, metavar="N")
+    p.add_argument("--seed", type=int, default=0)
+
+    def run(a: argparse.Namespace) -> int:
+        from nima.data.undersample import undersample
+
+        r = undersample(a.labels, a.out, a.max_per_bin, a.seed)
+        print("bin  before  after")
+        for b in r.before:
+            print(f"{b:3d} {r.before[b]:7d} {r.after[b]:6d}")
+        print(f"{sum(r.after.values())} of {sum(r.before.values())} images -> {a.out}")
+        return EXIT_OK
+
+    p.set_defaults(run=run)
+
+
+def _data_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="find bad rows and missing/broken/tiny images",
+                       description="Report every bad label row (with its index), duplicate id, "
+                       "missing, unreadable, truncated and tiny image. Exit code 3 if any.")
+    p.add_argument("labels", type=Path, metavar="LABELS")
+    p.add_argument("--image-dir", type=Path, help="folder with <image_id>.<ext> files")
+    p.add_argument("--write-clean", type=Path, metavar="OUT", help="write only the good rows")
+    p.add_argument("--full-decode", action="store_true",
+                   help="decode every image (slow) instead of header and end-marker checks")
+    p.add_argument("--min-size", type=int, default=0, metavar="PX",
+                   help="images with a side shorter than PX are 'tiny'")
+    p.add_argument("--workers", type=int, help="threads (default 4 per CPU, at most 32)")
+    p.add_argument("--report", type=Path, metavar="FILE.json", help="every problem as JSON")
+
+    def run(a: argparse.Namespace) -> int:
+        from dataclasses import asdict
+
+        from nima import files
+        from nima.data.check import check, format_summary
+
+        r = check(a.labels, a.image_dir, full_decode=a.full_decode, min_size=a.min_size,
+                  workers=a.workers, write_clean=a.write_clean)
+        print(format_summary(r, a.labels))
+        if a.report:
+            files.write_json(a.report, {"rows": r.rows, "good": len(r.good),
+                                        "counts": r.counts(),
+                                        "problems": [asdict(x) for x in r.problems]})
+        if a.write_clean:
+            print(f"{len(r.good)} good rows -> {a.write_clean}")
+        return EXIT_PARTIAL if r.problems else EXIT_OK
+
+    p.set_defaults(run=run)
+
+
+def _data_stats(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stats", help="counts, votes per image, mean-score histogram",
+                       description="Summarise a label file; --png also draws the histogram.")
+    p.add_argument("labels", type=Path, metavar="LABELS")
+    p.add_argument("--png", type=Path, metavar="OUT.png", help="histogram as a PNG")
+
+    def run(a: argparse.Namespace) -> int:
+        from nima.data import stats
+
+        st = stats.compute(a.labels)
+        print(stats.format_text(st))
+        if a.png:
+            stats.write_png(st, a.png)
+            print(f"histogram -> {a.png}")
+        return EXIT_OK
+
+    p.set_defaults(run=run)
+
+
+# `nima data <tool>`: one adder per tool, in help order; append new tools here.
+DATA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _data_ava, _data_tid2013, _data_mos, _data_undersample, _data_check, _data_stats]
+
+
+def _data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="dataset tools: AVA, TID2013, MOS files, checks, stats",
+                       description="Make, clean and inspect label files.")
+    data_sub = p.add_subparsers(dest="data_command", metavar="TOOL", required=True)
+    for add in DATA_COMMANDS:
+        add(data_sub)
+
+
 # Subcommands in help order; other modules' commands are added here.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_train, _predict, _evaluate,
-                                                                 _merge]
+                                                                 _data, _report, _merge]
 
 
 class UsageError(Exception):
@@ -188,6 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from nima.errors import NimaError
 
+    # "nima data check: error: ..." names the nested tool too.
+    command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
     try:
         return args.run(args)
     except UsageError as e:
@@ -195,10 +402,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NimaError as e:
         if args.debug:
             raise
-        print(f"nima {args.command}: error: {e}", file=sys.stderr)
+        print(f"nima {command}: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print(f"nima {args.command}: interrupted", file=sys.stderr)
+        print(f"nima {command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader (e.g. `| head`) went away: not an error worth a stack trace.

@@ -37,6 +37,11 @@ class Config:
     # Training images are resized to resize_size x resize_size, then randomly cropped to
     # input_size (NIMA: 256 -> 224). Validation and prediction resize straight to input_size.
     resize_size: int | None = 256
+    # Momentum of the base's BatchNormalization moving statistics; null keeps the base's own
+    # (0.99 or 0.999). From random init (base_weights null) the statistics start at (0, 1) and
+    # lag far behind short runs, so validation sees a different network than training: 0.9
+    # lets them converge within a few hundred steps.
+    batchnorm_momentum: float | None = None
     random_crop: bool = True
     horizontal_flip: bool = True
     task: str = "aesthetic"
@@ -155,6 +160,8 @@ def _check_values(cfg: Config) -> None:
     if (cfg.resize_size is not None and cfg.input_size is not None
             and cfg.resize_size < cfg.input_size):
         raise bad("resize_size", f"must be at least input_size ({cfg.input_size})")
+    if cfg.batchnorm_momentum is not None and not 0.0 <= cfg.batchnorm_momentum < 1.0:
+        raise bad("batchnorm_momentum", "must be in [0, 1)")
     if cfg.task not in TASKS:
         raise bad("task", f"must be one of {', '.join(TASKS)}")
     if not 0.0 <= cfg.dropout_rate < 1.0:

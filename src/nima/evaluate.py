@@ -74,6 +74,7 @@ def evaluate(
     batch_size: int = 32,
     output_file: str | Path | None = None,
     predictions_file: str | Path | None = None,
+    report_dir: str | Path | None = None,
 ) -> dict:
     """Evaluate a model (or the prior baseline) on a label file; returns the metrics dict."""
     samples = labels.load_samples(samples_file)
@@ -120,6 +121,11 @@ def evaluate(
         rows = [{"image_id": i, "label": [float(v) for v in t],
                  "predictions": [float(v) for v in p]} for i, t, p in zip(ids, y_true, y_pred)]
         files.write_text(predictions_file, json.dumps(rows) + "\n")
+    if report_dir:
+        from nima import report  # matplotlib only when a report is asked for
+
+        report.write_evaluation_report(report_dir, ids, y_true, y_pred, result,
+                                       image_dir=image_dir)
     return result
 
 

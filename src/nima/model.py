@@ -153,6 +153,10 @@ def build_base(config: Config, input_size: int) -> keras.Model:
                 '"base_weights" to null (random init) or to a local weights file'
             ) from None
         raise
+    if config.batchnorm_momentum is not None:
+        for layer in base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = config.batchnorm_momentum
     log.info("base %s (%s preprocessing), input %dx%d, weights=%s", config.base_model_name,
              spec.preprocess, input_size, input_size, config.base_weights)
     return base

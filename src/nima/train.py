@@ -10,6 +10,7 @@ layer at a lower learning rate. Everything lands in a job directory:
       best.keras                            lowest val_loss so far (loss without validation)
       model.keras                           the model after the last epoch
       history.json  history.csv             one row per epoch, both phases
+      history.png                           loss curves, refreshed every epoch
       summary.json                          counts, best epoch, training time
       logs/                                 TensorBoard
 
@@ -36,7 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from nima import files, images, labels, pipeline
+from nima import files, images, labels, pipeline, plots
 from nima.config import Config
 from nima.errors import DataError, ImageError, NimaError
 from nima.model import EMDLoss, build_model, input_size_for, set_base_trainable
@@ -239,6 +240,7 @@ class EpochRecorder(keras.callbacks.Callback):
             "seconds": time.monotonic() - self.t_start, "history": self.rows})
         files.write_json(self.job / "history.json", self.rows)
         files.write_text(self.job / "history.csv", _csv(self.rows))
+        plots.write_history_plot(self.job / "history.png", self.rows)  # never raises
 
 
 def _csv(rows: list[dict]) -> str:

@@ -1,0 +1,93 @@
+"""Raw label files for the dataset tools: read without normalising, write one row per line.
+
+`nima.labels.load_samples` normalises labels and stops at the first bad row, which is right
+for training. The data tools need the raw numbers (vote counts stay counts) and, for `check`,
+every bad row at once, so they read the JSON array themselves and validate row by row.
+Text inputs (AVA.txt, mos files, CSVs) report errors as "FILE:LINE: what is wrong".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from nima import files
+from nima.errors import DataError, LabelError
+
+
+def input_error(path: str | Path, lineno: int, message: str) -> DataError:
+    return DataError(f"{path}:{lineno}: {message}")
+
+
+def read_lines(path: str | Path, what: str) -> Iterator[tuple[int, str]]:
+    """Yield (1-based line number, stripped line) for non-blank, non-comment lines."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise DataError(f"{what} is a directory: {path}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{what} {path} is not UTF-8 text: {e.reason} at byte {e.start}") from None
+    except OSError as e:
+        raise DataError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            yield lineno, line
+
+
+def parse_number(path: str | Path, lineno: int, field: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise input_error(path, lineno, f"{field} must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise input_error(path, lineno, f"{field} must be finite, got {text!r}")
+    return value
+
+
+def read_label_json(path: str | Path) -> list[Any]:
+    """The decoded JSON array of a label file, rows unvalidated."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LabelError(f"samples file not found: {path}") from None
+    except IsADirectoryError:
+        raise LabelError(f"samples file is a directory: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise LabelError(f"cannot read samples file {path}: {e}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise LabelError(f"{path}:{e.lineno}: invalid JSON at column {e.colno}: {e.msg}") from None
+    if not isinstance(data, list):
+        raise LabelError(f"{path}: expected a JSON array of samples, got {type(data).__name__}")
+    return data
+
+
+def _number(v: Any) -> Any:
+    """Keep integer vote counts as integers, everything else as float."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    return float(v)
+
+
+def rows_to_json(rows: Iterable[tuple[str, Sequence[Any]]]) -> str:
+    """Same layout as the shipped files: one compact object per line inside the array."""
+    lines = [json.dumps({"image_id": image_id, "label": [_number(v) for v in label]},
+                        separators=(",", ":"), allow_nan=False) for image_id, label in rows]
+    return "[\n" + ",\n".join(lines) + ("\n" if lines else "") + "]\n"
+
+
+def write_label_rows(path: str | Path, rows: Iterable[tuple[str, Sequence[Any]]]) -> None:
+    files.write_text(path, rows_to_json(rows))
+
+
+def raw_rows(data: Sequence[Any]) -> list[tuple[str, list[Any]]]:
+    """(image_id, label) from decoded, already validated rows."""
+    return [(row["image_id"], row["label"]) for row in data]

@@ -1,0 +1,69 @@
+import json
+
+import pytest
+
+from nima.config import Config
+from nima.errors import ConfigError
+
+from conftest import REPO
+
+
+def test_all_shipped_configs_load():
+    configs = sorted(REPO.glob("models/*/config_*.json"))
+    assert len(configs) >= 16  # 4 bases x {aesthetic, technical} x {cpu, gpu}
+    for path in configs:
+        cfg = Config.load(path)
+        task, device = path.stem.split("_")[1:]
+        assert cfg.task == task, path
+        assert cfg.base_model_name == path.parent.name, path
+        if device == "cpu":
+            assert cfg.batch_size <= 32, path
+
+
+def test_mobilenet_aesthetic_gpu_follows_nima_recipe():
+    cfg = Config.load(REPO / "models/MobileNet/config_aesthetic_gpu.json")
+    assert (cfg.batch_size, cfg.epochs_train_dense, cfg.learning_rate_dense) == (96, 5, 1e-3)
+    assert (cfg.epochs_train_all, cfg.learning_rate_all) == (9, 3e-5)
+    assert cfg.decay_all > 0 and cfg.dropout_rate == 0.75
+
+
+def test_defaults_and_roundtrip(tmp_path):
+    cfg = Config.from_dict({"base_model_name": "MobileNet"})
+    assert cfg.emd_r == 2.0 and cfg.validation_fraction == 0.05
+    cfg.save(tmp_path / "c.json")
+    assert Config.load(tmp_path / "c.json") == cfg
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"base_model_name": "MobileNet", "learning_rate_dens": 0.1}, "learning_rate_dens"),
+    ({"base_model_name": "MobileNet", "batch_size": "32"}, "batch_size"),
+    ({"base_model_name": "MobileNet", "batch_size": 0}, "batch_size"),
+    ({"base_model_name": "MobileNet", "batch_size": 3.5}, "batch_size"),
+    ({"base_model_name": "MobileNet", "dropout_rate": 1.0}, "dropout_rate"),
+    ({"base_model_name": "MobileNet", "random_crop": 1}, "random_crop"),
+    ({"base_model_name": "MobileNet", "distribution": "magic"}, "distribution"),
+    ({"base_model_name": "MobileNet", "input_size": 224, "resize_size": 200}, "resize_size"),
+    ({"base_model_name": "MobileNet", "base_model_args": {"weights": None}}, "base_model_args"),
+    ({"base_model_name": 5}, "base_model_name"),
+    ({}, "base_model_name"),
+])
+def test_bad_values_name_the_key(data, key):
+    with pytest.raises(ConfigError, match=key):
+        Config.from_dict(data)
+
+
+def test_learning_rate_accepts_json_integers():
+    assert Config.from_dict({"base_model_name": "MobileNet", "learning_rate_all": 1}).learning_rate_all == 1
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        Config.load(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"base_model_name": "MobileNet",\n "batch_size": }')
+    with pytest.raises(ConfigError, match="line 2"):
+        Config.load(bad)
+    arr = tmp_path / "arr.json"
+    arr.write_text(json.dumps([1, 2]))
+    with pytest.raises(ConfigError, match="JSON object"):
+        Config.load(arr)

@@ -1,0 +1,124 @@
+"""predict and evaluate through the real CLI entry point, on a tiny saved model."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nima import evaluate, scores
+from nima.config import Config
+from nima.model import build_model
+
+from conftest import REPO, make_images
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    cfg = Config(base_model_name="MobileNet", base_model_args={"alpha": 0.25},
+                 base_weights=None, input_size=32)
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    build_model(cfg).save(path)
+    return path
+
+
+def nima(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "nima", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def test_predict_folder_json(tmp_path, model_file):
+    src = tmp_path / "photos"
+    make_images(src / "sub", 3)
+    Image.new("RGBA", (20, 30), (10, 200, 30, 128)).save(src / "alpha.png")
+    (src / "broken.jpg").write_text("not an image")
+    out = tmp_path / "out" / "pred.json"
+    r = nima("predict", "--image-source", src, "--weights-file", model_file,
+             "--predictions-file", out)
+    assert r.returncode == 3, r.stderr  # partial: one file failed
+    assert r.stdout == ""
+    results = json.loads(out.read_text())
+    assert [x["image"] for x in results] == [
+        "alpha.png", "broken.jpg", "sub/img0000.jpg", "sub/img0001.jpg", "sub/img0002.jpg"]
+    bad = results[1]
+    assert bad["image_id"] == "broken" and "not a recognised image" in bad["error"]
+    for x in results[:1] + results[2:]:
+        assert set(x) == {"image_id", "image", "predictions", "mean_score_prediction",
+                          "sd_score_prediction"}
+        p = np.array(x["predictions"])
+        assert p.shape == (10,) and abs(p.sum() - 1) < 1e-5
+        assert x["mean_score_prediction"] == pytest.approx(scores.mean_score(p), abs=1e-5)
+        assert x["sd_score_prediction"] == pytest.approx(scores.sd_score(p), abs=1e-5)
+
+
+def test_predict_single_file_to_stdout_matches_keras(tmp_path, model_file):
+    import keras
+
+    from nima.images import load_image
+
+    make_images(tmp_path, 1)
+    r = nima("predict", "--image-source", tmp_path / "img0000.jpg", "--weights-file", model_file)
+    assert r.returncode == 0, r.stderr
+    (result,) = json.loads(r.stdout)
+    assert result["image"] == "img0000.jpg"
+    model = keras.saving.load_model(model_file)
+    expected = model.predict_on_batch(load_image(tmp_path / "img0000.jpg", 32)[None].astype("float32"))
+    np.testing.assert_allclose(result["predictions"], expected[0], atol=1e-5)
+
+
+def test_predict_errors_are_one_line(tmp_path, model_file):
+    r = nima("predict", "--image-source", tmp_path / "nope", "--weights-file", model_file)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("nima predict: error:")
+    assert "Traceback" not in r.stderr
+    r = nima("predict", "--image-source", tmp_path, "--weights-file", tmp_path / "none.keras")
+    assert r.returncode == 1 and "model not found" in r.stderr
+
+
+def test_empty_folder_gives_empty_array(tmp_path, model_file):
+    out = tmp_path / "p.json"
+    r = nima("predict", "--image-source", tmp_path, "--weights-file", model_file,
+             "--predictions-file", out)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text()) == []
+
+
+def test_metrics_against_independent_computation():
+    rng = np.random.default_rng(0)
+    y_true = rng.dirichlet(np.ones(10) * 3, size=200)
+    y_pred = 0.7 * y_true + 0.3 * rng.dirichlet(np.ones(10) * 3, size=200)
+    m = evaluate.metrics(y_true, y_pred)
+    mt, mp = y_true @ np.arange(1, 11), y_pred @ np.arange(1, 11)
+    assert m["plcc_mean"] == pytest.approx(np.corrcoef(mt, mp)[0, 1])
+    ranks = lambda a: np.argsort(np.argsort(a))
+    assert m["srcc_mean"] == pytest.approx(np.corrcoef(ranks(mt), ranks(mp))[0, 1])
+    assert m["accuracy_at_5"] == pytest.approx(np.mean((mt > 5) == (mp > 5)))
+    assert m["mae_mean"] == pytest.approx(np.mean(np.abs(mt - mp)))
+    assert m["emd_r2"] == pytest.approx(np.mean(scores.emd(y_true, y_pred, 2)))
+    assert evaluate.metrics(y_true, y_true)["emd_r1"] == pytest.approx(0, abs=1e-12)
+
+
+def test_prior_baseline_on_real_ava_labels(tmp_path):
+    out = tmp_path / "m.json"
+    r = nima("evaluate", "--samples-file", REPO / "data/AVA/ava_labels_test.json",
+             "--baseline", "prior", "--output-file", out)
+    assert r.returncode == 0, r.stderr
+    m = json.loads(out.read_text())
+    assert m["n"] == 25551
+    assert m["emd_r2"] == pytest.approx(0.0893, abs=5e-4)
+    assert m["emd_r1"] == pytest.approx(0.0636, abs=5e-4)
+    assert m["accuracy_at_5"] == pytest.approx(0.703, abs=1e-3)
+    assert m["srcc_mean"] is None  # a constant prediction has no rank correlation
+    assert "EMD (r=2)" in r.stdout
+
+
+def test_evaluate_model_on_images(tmp_path, model_file):
+    rows = make_images(tmp_path / "img", 6)
+    (tmp_path / "s.json").write_text(json.dumps(rows + [{"image_id": "gone", "label": [1] * 10}]))
+    out = tmp_path / "m.json"
+    r = nima("evaluate", "--samples-file", tmp_path / "s.json", "--image-dir", tmp_path / "img",
+             "--weights-file", model_file, "--output-file", out)
+    assert r.returncode == 0, r.stderr
+    m = json.loads(out.read_text())
+    assert m["n"] == 6 and m["n_skipped"] == 1
