@@ -129,20 +129,21 @@ def ensure_pyiqa() -> Path:
     return py
 
 
-def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MiB of that process, stdout) for one fresh process.
+def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float, str, float]:
+    """(wall seconds, peak RSS MiB, stdout, CPU seconds user+sys) for one fresh process.
 
     Peak RSS comes from GNU time, a small process that forks the command: getrusage/wait4
     from this (big) Python process would count the memory the child shared before exec.
     """
     t = time.time()
-    proc = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB %M", *cmd], capture_output=True,
+    proc = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB %M %U %S", *cmd], capture_output=True,
                           text=True, env=env)
     wall = time.time() - t
     if proc.returncode not in (0, 3):
         raise SystemExit(f"{cmd[0]} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     kb = [line for line in proc.stderr.splitlines() if line.startswith("MAXRSS_KB ")][-1]
-    return wall, int(kb.split()[1]) / 1024, proc.stdout
+    _, rss, user, system = kb.split()
+    return wall, int(rss) / 1024, proc.stdout, float(user) + float(system)
 
 
 def load() -> str:
@@ -155,12 +156,12 @@ CACHE = DATA / "cache"
 def nima_run(folder: Path, model: Path, out: Path, backend: str, extra=()) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", NIMA_CACHE_DIR=str(CACHE))
     before = load()
-    wall, rss, _ = run_measured([str(NIMA), "predict", "--image-source", str(folder),
+    wall, rss, _, cpu = run_measured([str(NIMA), "predict", "--image-source", str(folder),
                                  "--model", str(model), "--predictions-file", str(out),
                                  "--backend", backend, *extra], env)
     n = json.loads(Path(str(out) + ".meta.json").read_text())["count"]
     return {"images": n, "seconds": round(wall, 2), "img_s": round(n / wall, 1),
-            "peak_rss_mib": round(rss), "load_before": before, "load_after": load()}
+            "cpu_s": round(cpu, 1), "peak_rss_mib": round(rss), "load_before": before, "load_after": load()}
 
 
 def main() -> None:
@@ -170,6 +171,7 @@ def main() -> None:
                     help="also compare peak RSS on SMALL vs LARGE images (e.g. 2000 20000): "
                     "hard links to the first SMALL generated files, repeated")
     ap.add_argument("--no-pyiqa", action="store_true")
+    ap.add_argument("--no-speed", action="store_true", help="skip the nima speed runs")
     ap.add_argument("--keras", action="store_true", help="also time --backend keras")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--check", type=int, default=200,
@@ -183,19 +185,22 @@ def main() -> None:
     out = DATA / "out.json"
     # First run: empty conversion cache (TFLite conversion included) and cold-ish page cache;
     # the second is the steady state a user sees from then on.
-    shutil.rmtree(CACHE, ignore_errors=True)
-    res["nima_first_run_incl_conversion"] = nima_run(folder, model, out, "tflite")
-    res["nima_tflite"] = nima_run(folder, model, out, "tflite")
+    if not a.no_speed:
+        shutil.rmtree(CACHE, ignore_errors=True)
+        res["nima_first_run_incl_conversion"] = nima_run(folder, model, out, "tflite")
+        res["nima_tflite"] = nima_run(folder, model, out, "tflite")
     if a.keras:
         res["nima_keras"] = nima_run(folder, model, out, "keras")
-    if not a.no_pyiqa:
+    if not a.no_pyiqa and not a.no_speed:
         py = ensure_pyiqa()
         before = load()
-        wall, rss, stdout = run_measured([str(py), "-c", PYIQA_RUN, str(folder), str(a.threads)])
+        wall, rss, stdout, cpu = run_measured([str(py), "-c", PYIQA_RUN, str(folder), str(a.threads)])
         res["pyiqa_nima_mobilenetv2"] = {
             "images": a.images, "seconds": round(wall, 2), "img_s": round(a.images / wall, 1),
-            "img_s_model_loop_only": round(float(stdout.strip()), 1),
+            "img_s_model_loop_only": round(float(stdout.strip()), 1), "cpu_s": round(cpu, 1),
             "peak_rss_mib": round(rss), "load_before": before, "load_after": load()}
+        res["ratio_cpu_per_image"] = round(res["pyiqa_nima_mobilenetv2"]["cpu_s"] / a.images
+                                           / (res["nima_tflite"]["cpu_s"] / a.images), 2)
         res["ratio_end_to_end"] = round(res["nima_tflite"]["img_s"]
                                         / res["pyiqa_nima_mobilenetv2"]["img_s"], 2)
     if a.check:
