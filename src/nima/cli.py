@@ -346,22 +346,120 @@ def _data_stats(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _data_distort(dsub: argparse._SubParsersAction) -> None:
+    p = dsub.add_parser(
+        "distort", help="make a technical-quality dataset from pristine photos",
+        description="From pristine photos, write random crops with Gaussian blur, Gaussian "
+        "noise, JPEG compression and contrast/exposure change at 5 levels each, label files "
+        "(mean score 8.5 pristine falling to 2.0 at level 5) split train/test by source photo, "
+        "and a manifest. See docs/default-model.md.")
+    p.add_argument("--source", type=Path, required=True, help="folder of pristine photos")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: images/, labels_train.json, labels_test.json, "
+                   "manifest.json")
+    p.add_argument("--seed", type=int, default=0, help="crops, noise and split (default 0)")
+    p.add_argument("--crops", type=int, default=8, help="random crops per photo (default 8)")
+    p.add_argument("--size", type=int, default=192, help="crop side in pixels (default 192)")
+    p.add_argument("--test-fraction", type=float, default=0.2,
+                   help="fraction of source photos held out for testing (default 0.2)")
+
+    def run(a: argparse.Namespace) -> int:
+        from nima.data.distort import distort_dataset
+
+        m = distort_dataset(a.source, a.out, seed=a.seed, crops=a.crops, size=a.size,
+                            test_fraction=a.test_fraction)
+        n_test = sum(s["split"] == "test" for s in m["sources"])
+        print(f"{len(m['sources'])} source photos ({n_test} held out): "
+              f"{m['n_images']['train']} training and {m['n_images']['test']} test images "
+              f"in {a.out}")
+        return EXIT_OK
+
+    p.set_defaults(run=run)
+
+
+def _calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate", help="re-estimate a model's BatchNorm statistics (precise BN)",
+        description="Re-estimate every BatchNormalization's moving mean and variance as the "
+        "average batch statistics over random training images, weights unchanged. Fixes "
+        "models trained from random init whose inference-mode scores lag behind training "
+        "mode (see docs/default-model.md).")
+    p.add_argument("--model", type=Path, required=True, help="a .keras model")
+    p.add_argument("--samples-file", type=Path, required=True, help="training label file")
+    p.add_argument("--image-dir", type=Path, required=True)
+    p.add_argument("--output-file", type=Path, required=True, help="the calibrated .keras model")
+    p.add_argument("--batches", type=int, default=64, help="batches to average (default 64)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="which images are drawn (default 0)")
+
+    def run(a: argparse.Namespace) -> int:
+        from nima.calibrate import calibrate_file
+
+        if a.batches < 1 or a.batch_size < 2:
+            raise UsageError("--batches must be >= 1 and --batch-size >= 2")
+        n = calibrate_file(a.model, a.samples_file, a.image_dir, a.output_file,
+                           batches=a.batches, batch_size=a.batch_size, seed=a.seed)
+        print(f"BatchNorm statistics re-estimated from {n} batches; model in {a.output_file}")
+        return EXIT_OK
+
+    p.set_defaults(run=run)
+
+
 # `nima data <tool>`: one adder per tool, in help order; append new tools here.
 DATA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _data_ava, _data_tid2013, _data_mos, _data_undersample, _data_check, _data_stats]
+    _data_ava, _data_tid2013, _data_mos, _data_undersample, _data_check, _data_stats,
+    _data_distort]
 
 
 def _data(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="dataset tools: AVA, TID2013, MOS files, checks, stats",
+    p = sub.add_parser("data", help="dataset tools: AVA, TID2013, MOS files, checks, stats, "
+                       "distort",
                        description="Make, clean and inspect label files.")
     data_sub = p.add_subparsers(dest="data_command", metavar="TOOL", required=True)
     for add in DATA_COMMANDS:
         add(data_sub)
 
 
+def _export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a serving artefact: SavedModel, TFLite or ONNX",
+                       description="Export a model for serving. Every format outputs "
+                       "predictions (10 bins), mean_score_prediction and sd_score_prediction. "
+                       "The SavedModel's serving_default takes encoded image bytes (TF "
+                       "Serving), serving_float and the other formats take float32 RGB 0..255 "
+                       "at the model's input size. See docs/export.md.")
+    p.add_argument("--weights-file", "--model", dest="model", type=Path, metavar="MODEL",
+                   help="a .keras model, a job or model directory, or a .weights.h5 file "
+                   "(with --config-file); default: the shipped model")
+    p.add_argument("--config-file", type=Path, help="training config for a .weights.h5 file")
+    p.add_argument("--format", choices=("savedmodel", "tflite", "onnx"), required=True)
+    p.add_argument("--quantize", choices=("fp16", "int8"),
+                   help="tflite: float16 weights, or int8 (dynamic range; full integer "
+                   "with --representative-images); onnx: int8 (dynamic)")
+    p.add_argument("--representative-images", type=Path, metavar="SOURCE",
+                   help="image file or folder to calibrate full int8 quantization "
+                   "(first 200 images)")
+    p.add_argument("--output", type=Path, required=True,
+                   help="output file (.tflite, .onnx) or SavedModel directory, e.g. "
+                   "serving/nima/1 for TF Serving (must not exist or be empty)")
+
+    def run(a: argparse.Namespace) -> int:
+        from nima.export import check_options, export
+        from nima.predict import Predictor
+
+        check_options(a.format, a.quantize, a.representative_images)
+        predictor = Predictor.load(a.model, a.config_file)
+        path = export(predictor.model, a.format, a.output, a.quantize, a.representative_images)
+        log.info("wrote %s %s", a.format, path)
+        print(path)
+        return EXIT_OK
+
+    p.set_defaults(run=run)
+
+
 # Subcommands in help order; other modules' commands are added here.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_train, _predict, _evaluate,
-                                                                 _data, _report, _merge]
+                                                                 _data, _report, _export,
+                                                                 _calibrate, _merge]
 
 
 class UsageError(Exception):

@@ -21,6 +21,7 @@ from nima.errors import ConfigError
 
 DISTRIBUTIONS = ("auto", "mirrored", "multi_worker", "none")
 TASKS = ("aesthetic", "technical")
+MAX_FILE_BYTES = 1 << 20  # a config is a few hundred bytes
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class Config:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(k) for k in set(data) - known)
         if unknown:
             raise ConfigError(
                 f"{source}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(known))})"
@@ -86,26 +87,19 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> "Config":
+        from nima.labels import read_json_file
+
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"cannot read config file {path}: {e}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(
-                f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
-            ) from None
+        data = read_json_file(path, "config file", MAX_FILE_BYTES, ConfigError)
         return cls.from_dict(data, source=str(path))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        from nima.files import write_json
+
+        write_json(path, self.to_dict())
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -166,11 +160,13 @@ def _check_values(cfg: Config) -> None:
         raise bad("task", f"must be one of {', '.join(TASKS)}")
     if not 0.0 <= cfg.dropout_rate < 1.0:
         raise bad("dropout_rate", "must be in [0, 1)")
-    if cfg.batch_size < 1:
-        raise bad("batch_size", "must be at least 1")
+    if not 1 <= cfg.batch_size <= 65536:
+        raise bad("batch_size", "must be between 1 and 65536")
     for key in ("epochs_train_dense", "epochs_train_all"):
-        if getattr(cfg, key) < 0:
-            raise bad(key, "must not be negative")
+        if not 0 <= getattr(cfg, key) <= 100_000:
+            raise bad(key, "must be between 0 and 100000")
+    if not 0 <= cfg.seed < 2**31:
+        raise bad("seed", "must be between 0 and 2**31 - 1")
     if cfg.epochs_train_dense + cfg.epochs_train_all < 1:
         raise ConfigError("epochs_train_dense + epochs_train_all must be at least 1")
     for key in ("learning_rate_dense", "learning_rate_all"):

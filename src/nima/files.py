@@ -17,6 +17,11 @@ from typing import IO, Any, Iterator
 from nima.errors import NimaError
 
 
+# The process umask, read once at import (reading it means setting it, which is racy later).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 class WriteError(NimaError):
     """A result file could not be written (disk full, permission denied, ...)."""
 
@@ -32,19 +37,42 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     try:
         parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=parent)
-        os.close(fd)
+        try:
+            # mkstemp makes 0600 files; results must get the usual mode (e.g. readable by the
+            # host user when a root container wrote them), as open() would have given.
+            os.fchmod(fd, 0o666 & ~_UMASK)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _fsync(tmp_path)  # data on disk before the rename makes it visible (power loss)
         os.replace(tmp_path, path)
+        _fsync(parent, directory=True)  # and the rename itself on disk
     except OSError as e:
         why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
         raise WriteError(f"cannot write {path}: {why}; the previous file is unchanged") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    except OSError:
+        if directory:  # some file systems cannot open directories: durability best effort
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if not directory or e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

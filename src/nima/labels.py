@@ -21,7 +21,7 @@ import numpy as np
 
 from nima import scores
 from nima.images import is_image_file
-from nima.errors import DataError, LabelError
+from nima.errors import DataError, LabelError, NimaError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,9 @@ def validate_image_id(image_id: Any) -> str | None:
         return f"image_id must have 1 to {MAX_ID_LENGTH} characters"
     if "/" in image_id or "\\" in image_id or "\x00" in image_id or image_id in (".", ".."):
         return f"image_id {image_id!r} must be a plain file name (no path separators or '..')"
+    if any(ord(c) < 32 or ord(c) == 127 for c in image_id):
+        # a newline or tab in a name would break skipped.txt and CSV rows, and is never meant
+        return f"image_id {image_id!r} must not contain control characters"
     return None
 
 
@@ -53,11 +56,19 @@ def validate_label(label: Any) -> str | None:
     for v in label:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return f"label values must be numbers, got {json.dumps(v)[:40]}"
+        if isinstance(v, int) and abs(v) > 2**53:  # float() would overflow or round
+            return "label values must be below 2**53"
         if not math.isfinite(v):
             return "label values must be finite"
         if v < 0:
             return "label values must not be negative"
-    if sum(label) <= 0:
+    try:
+        total = math.fsum(label)
+    except OverflowError:
+        total = math.inf
+    if not math.isfinite(total):
+        return "label values are too large (their sum is not finite)"
+    if total <= 0:
         return "label values must have a positive sum"
     return None
 
@@ -90,22 +101,44 @@ def parse_samples(data: Any, source: str = "samples") -> list[Sample]:
     return samples
 
 
+# AVA's 255,000 rows take about 40 MB; a label file 25 times that is a mistake, not labels.
+MAX_FILE_BYTES = 1 << 30
+
+
+def read_json_file(path: Path, what: str, max_bytes: int, error: type[NimaError]) -> Any:
+    """Read and decode one JSON file; every failure is `error` with one sentence and a position.
+
+    Shared by label and config files. A UTF-8 byte-order mark is accepted (Windows editors
+    write one); size is checked before reading, so a huge file costs nothing.
+    """
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise error(f"{what} is not a regular file: {path}")
+        if size > max_bytes:
+            raise error(f"{what} {path} is {size} bytes, more than the limit of {max_bytes}")
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.start} is {raw[e.start]:#04x})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise error(f"{path}: JSON nested too deeply") from None
+    except ValueError as e:  # e.g. an integer with more than 4300 digits
+        raise error(f"{path}: invalid JSON: {e}") from None
+
+
 def load_samples(path: str | Path) -> list[Sample]:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LabelError(f"samples file not found: {path}") from None
-    except IsADirectoryError:
-        raise LabelError(f"samples file is a directory: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise LabelError(f"cannot read samples file {path}: {e}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise LabelError(
-            f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
-        ) from None
+    data = read_json_file(path, "samples file", MAX_FILE_BYTES, LabelError)
     samples = parse_samples(data, source=str(path))
     if not samples:
         raise LabelError(f"{path}: contains no samples")

@@ -194,7 +194,13 @@ def load_model(path: str | Path) -> keras.Model:
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as e:
-        raise ModelError(f"cannot load model {path}: {str(e).splitlines()[0][:300]}") from None
+        text = str(e)
+        if "safe_mode" in text:  # Keras' advice (pass safe_mode=False) is not for CLI users
+            raise ModelError(f"model {path} contains Python code (e.g. a Lambda layer) and is "
+                             "refused: nima never runs code from a model file") from None
+        # Keras puts the real cause after a dump of the whole config.
+        why = text.rsplit("Exception encountered:", 1)[-1].strip().splitlines() or [repr(e)]
+        raise ModelError(f"cannot load model {path}: {why[0][:300]}") from None
 
 
 def model_input_size(model: keras.Model) -> int:

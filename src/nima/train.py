@@ -6,7 +6,8 @@ layer at a lower learning rate. Everything lands in a job directory:
     train_jobs/<timestamp>/
       config.json  samples.json  job.json   what was run, on what, with which versions
       skipped.txt                           label rows without a readable image
-      checkpoint/last.weights.h5, state.json   after every epoch: weights + optimizer + epoch
+      checkpoint/epoch-NNNN.weights.h5, state.json   after every epoch: weights + optimizer,
+                                            and the epoch, phase and history they belong to
       best.keras                            lowest val_loss so far (loss without validation)
       model.keras                           the model after the last epoch
       history.json  history.csv             one row per epoch, both phases
@@ -20,6 +21,7 @@ right phase, with the optimizer state it had.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -27,6 +29,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,6 +44,7 @@ from nima import files, images, labels, pipeline, plots
 from nima.config import Config
 from nima.errors import DataError, ImageError, NimaError
 from nima.model import EMDLoss, build_model, input_size_for, set_base_trainable
+from nima.scores import N_BINS
 
 log = logging.getLogger(__name__)
 
@@ -69,52 +73,62 @@ def train(
     image_dir: str | Path,
     job_dir: str | Path | None = None,
 ) -> Path:
-    """Train a new model; returns the job directory."""
+    """Train a new model; returns the job directory (a worker's scratch dir on non-chiefs)."""
     samples = labels.load_samples(samples_file)
     image_dir = Path(image_dir).resolve()
-    job = new_job_dir(job_dir)
+    job = new_job_dir(job_dir) if is_chief() else worker_dir()
     log.info("job directory: %s", job)
-    if is_chief():
-        config.save(job / "config.json")
-        files.write_text(job / "samples.json", labels.samples_to_json(samples))
-        files.write_json(job / "job.json", {
-            "samples_file": str(Path(samples_file).resolve()),
-            "image_dir": str(image_dir),
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
-        })
-    return _run(config, samples, image_dir, job, state=None)
+    config.save(job / "config.json")
+    files.write_text(job / "samples.json", labels.samples_to_json(samples))
+    files.write_json(job / "job.json", {
+        "samples_file": str(Path(samples_file).resolve()),
+        "image_dir": str(image_dir),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+    })
+    with _scratch_cleanup(job):
+        return _run(config, samples, image_dir, job, state=None, source=job)
 
 
 def resume(job_dir: str | Path, image_dir: str | Path | None = None) -> Path:
-    """Continue a job from its last completed epoch."""
-    job = Path(job_dir)
-    if not (job / "config.json").is_file():
-        raise NimaError(f"not a training job directory (no config.json): {job}")
-    config = Config.load(job / "config.json")
-    samples = labels.load_samples(job / "samples.json")
-    meta = json.loads((job / "job.json").read_text())
+    """Continue a job from its last completed epoch.
+
+    In multi-worker training every worker reads JOB_DIR (a shared or copied folder); only the
+    chief writes to it.
+    """
+    source = Path(job_dir)
+    if not (source / "config.json").is_file():
+        raise NimaError(f"not a training job directory (no config.json): {source}")
+    config = Config.load(source / "config.json")
+    samples = labels.load_samples(source / "samples.json")
+    meta = labels.read_json_file(source / "job.json", "job file", 1 << 20, NimaError)
     image_dir = Path(image_dir or meta["image_dir"])
-    state_file = job / "checkpoint" / "state.json"
-    state = json.loads(state_file.read_text()) if state_file.is_file() else None
+    state_file = source / "checkpoint" / "state.json"
+    state = (labels.read_json_file(state_file, "checkpoint state", 1 << 30, NimaError)
+             if state_file.is_file() else None)
     if state is None:
-        log.info("no completed epoch in %s: starting from the beginning", job)
+        log.info("no completed epoch in %s: starting from the beginning", source)
     else:
-        log.info("resuming %s after epoch %d (phase %s)", job, state["epoch"], state["phase"])
-    return _run(config, samples, image_dir, job, state=state)
+        log.info("resuming %s after epoch %d (phase %s)", source, state["epoch"], state["phase"])
+    job = source if is_chief() else worker_dir()
+    with _scratch_cleanup(job):
+        return _run(config, samples, image_dir, job, state=state, source=source)
 
 
 def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Path,
-         state: dict | None) -> Path:
+         state: dict | None, source: Path) -> Path:
+    """Train into `job`; a resumed run loads its checkpoint from `source`."""
     t0 = time.monotonic()
+    # First, before any other TensorFlow op: MultiWorkerMirroredStrategy must configure the
+    # runtime's collectives before the eager context starts.
+    strategy = make_strategy(config.distribution)
 
     # --- data: pair labels with images, drop what cannot be read, split -------------------
     found, missing = labels.find_images(samples, image_dir)
     unreadable = probe_images([p for _, p in found])
     found = [(s, p) for s, p in found if str(p) not in unreadable]
     skipped = [f"{i}\tmissing" for i in missing] + [f"{p}\t{why}" for p, why in unreadable.items()]
-    if is_chief():
-        files.write_text(job / "skipped.txt", "".join(line + "\n" for line in skipped))
+    files.write_text(job / "skipped.txt", "".join(line + "\n" for line in skipped))
     labels.check_missing(len(samples), missing + sorted(unreadable), config.max_missing_fraction,
                          "have no readable image")
     if not found:
@@ -123,23 +137,19 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
     log.info("%d training and %d validation images", len(train_set), len(val_set))
 
     # --- model and input pipelines, under the distribution strategy -----------------------
-    if config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    strategy = make_strategy(config.distribution)
+    # batch_size is per replica: N replicas step on N x batch_size images at once.
     global_batch = config.batch_size * strategy.num_replicas_in_sync
-    size = input_size_for(config)
-    train_ds = pipeline.train_dataset(
-        [p for _, p in train_set], np.stack([s.label for s, _ in train_set]),
-        input_size=size, resize_size=config.resize_size, batch_size=global_batch,
-        random_crop=config.random_crop, horizontal_flip=config.horizontal_flip,
-        seed=config.seed)
-    val_ds = None
-    if val_set:
-        val_ds = pipeline.eval_dataset(
-            [p for _, p in val_set], np.stack([s.label for s, _ in val_set]),
-            input_size=size, batch_size=global_batch, weighted=True)
-    with strategy.scope():
-        model = build_model(config)
+    inputs = distributed_datasets(strategy, config, train_set, val_set, global_batch)
+    previous_policy = keras.mixed_precision.global_policy()
+    if config.mixed_precision:
+        # float16 compute, float32 variables; the softmax and the loss stay float32 (model.py,
+        # EMDLoss) and compile() wraps the optimizer in a LossScaleOptimizer.
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with strategy.scope():
+            model = build_model(config)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
     model.summary(print_fn=lambda line, **_: log.debug(line))
 
     # --- the two phases --------------------------------------------------------------------
@@ -159,7 +169,8 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
             if index == restore_index:
                 # Build the optimizer's slots first so its saved state loads too.
                 model.optimizer.build(model.trainable_variables)
-                model.load_weights(job / "checkpoint" / "last.weights.h5")
+                model.load_weights(
+                    source / "checkpoint" / state.get("weights", "last.weights.h5"))
                 first_epoch = state["epoch"]
         if first_epoch >= phase.end:
             continue
@@ -168,16 +179,17 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
                  phase.learning_rate, phase.decay)
         recorder.phase = phase.name
         model.fit(
-            train_ds, validation_data=val_ds, initial_epoch=first_epoch, epochs=phase.end,
+            inputs.train, validation_data=inputs.validation, initial_epoch=first_epoch,
+            epochs=phase.end, steps_per_epoch=inputs.steps,
+            validation_steps=inputs.validation_steps,
             shuffle=False,  # the dataset reshuffles itself every epoch
             verbose=1 if sys.stdout.isatty() else 2,
-            callbacks=[recorder, keras.callbacks.TensorBoard(
+            callbacks=[SyncMovingStatistics(strategy), recorder, keras.callbacks.TensorBoard(
                 log_dir=str(job / "logs"), write_graph=False, profile_batch=0)])
 
     # --- results ---------------------------------------------------------------------------
-    if is_chief():
-        with files.atomic_path(job / "model.keras", suffix=".keras") as tmp:
-            model.save(tmp)
+    with files.atomic_path(job / "model.keras", suffix=".keras") as tmp:
+        model.save(tmp)
     seconds = time.monotonic() - t0 + (state or {}).get("seconds", 0.0)
     summary = {
         "n_samples": len(samples), "n_skipped": len(skipped), "n_train": len(train_set),
@@ -186,8 +198,8 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
         "training_seconds": round(seconds, 1),
         "replicas": strategy.num_replicas_in_sync, "global_batch_size": global_batch,
     }
-    if is_chief():
-        files.write_json(job / "summary.json", summary)
+    files.write_json(job / "summary.json", summary)
+    _barrier(strategy)
     log.info("done in %.0f s: best %s %.4f at epoch %s; model in %s", seconds, recorder.monitor,
              recorder.best, recorder.best_epoch, job)
     return job
@@ -196,8 +208,10 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
 class EpochRecorder(keras.callbacks.Callback):
     """After every epoch: history files, best model, and the resumable checkpoint.
 
-    Files are replaced atomically, weights before state, so a kill at any instant leaves a
-    state.json that points at a complete checkpoint.
+    Files are replaced atomically. Each epoch's weights go to a new file and state.json,
+    written last, names it: a kill at any instant leaves a state.json whose weights, epoch
+    and history belong together (a kill between the two writes must not pair epoch N's
+    state with epoch N+1's weights, or the resumed job would train one epoch twice).
     """
 
     def __init__(self, job: Path, state: dict | None):
@@ -225,19 +239,21 @@ class EpochRecorder(keras.callbacks.Callback):
         improved = value < self.best
         if improved:
             self.best, self.best_epoch = float(value), epoch + 1
-        if not is_chief():  # workers keep identical weights; one copy on disk is enough
-            return
         if improved:
             with files.atomic_path(self.job / "best.keras", suffix=".keras") as tmp:
                 self.model.save(tmp)
         ckpt = self.job / "checkpoint"
         ckpt.mkdir(exist_ok=True)
-        with files.atomic_path(ckpt / "last.weights.h5", suffix=".weights.h5") as tmp:
+        weights = f"epoch-{epoch + 1:04d}.weights.h5"
+        with files.atomic_path(ckpt / weights, suffix=".weights.h5") as tmp:
             self.model.save_weights(tmp)
         files.write_json(ckpt / "state.json", {
-            "epoch": epoch + 1, "phase": self.phase, "monitor": self.monitor,
+            "epoch": epoch + 1, "phase": self.phase, "weights": weights, "monitor": self.monitor,
             "best": self.best, "best_epoch": self.best_epoch,
             "seconds": time.monotonic() - self.t_start, "history": self.rows})
+        for old in ckpt.glob("*.weights.h5"):  # only now are older checkpoints unneeded
+            if old.name != weights:
+                old.unlink(missing_ok=True)
         files.write_json(self.job / "history.json", self.rows)
         files.write_text(self.job / "history.csv", _csv(self.rows))
         plots.write_history_plot(self.job / "history.png", self.rows)  # never raises
@@ -255,13 +271,14 @@ def _csv(rows: list[dict]) -> str:
 
 
 def probe_images(paths: list[Path], workers: int = 8) -> dict[str, str]:
-    """Header-check every image in parallel (cheap); return {path: reason} for the bad ones.
+    """Check every image in parallel; return {path: reason} for the bad ones.
 
-    Files that pass the header check but fail to decode are dropped later by the pipeline.
+    A full decode at a small size (JPEG at 1/8 scale), so truncated and corrupt files are
+    listed in skipped.txt and counted against max_missing_fraction before the first epoch.
     """
     def probe(path: Path) -> str | None:
         try:
-            images.open_image(path).close()
+            images.check_image(path)
             return None
         except ImageError as e:
             return str(e)
@@ -288,6 +305,82 @@ def new_job_dir(job_dir: str | Path | None) -> Path:
 
 
 # --- distribution -----------------------------------------------------------------------------
+#
+# One code path for every strategy: `distribute_datasets_from_function` calls the dataset
+# function once per input pipeline (one per worker), which takes its own slice of the file list
+# *before* decoding (tf.data's auto-sharding of a from_tensor_slices dataset falls back to the
+# DATA policy: every worker decodes every image and throws most away) and batches it per
+# replica. With more than one replica, every replica needs a full batch at every step (the
+# empty batches tf.distribute pads with crash BatchNormalization, and Keras averages the first
+# batches of all replicas to build the model), and Keras counts per-replica batches as steps.
+# So workers get equally long slices streamed as endless full batches, and fit() is told the
+# steps per epoch; validation slices are topped up to whole steps with repeated images.
+
+@dataclass(frozen=True)
+class Inputs:
+    train: object  # a tf.data.Dataset or a distributed dataset
+    validation: object | None
+    steps: int | None  # None: one pass over a finite dataset
+    validation_steps: int | None
+
+
+def distributed_datasets(strategy: tf.distribute.Strategy, config: Config,
+                         train_set: list, val_set: list, global_batch: int) -> Inputs:
+    """Training and validation inputs, sharded by worker, batched per replica."""
+    size = input_size_for(config)
+    replicas = strategy.num_replicas_in_sync
+    batch = config.batch_size
+    # Every worker has the same number of replicas (tf.distribute requires it).
+    workers = max(1, len(_tf_config().get("cluster", {}).get("worker", []))
+                  + len(_tf_config().get("cluster", {}).get("chief", [])))
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        workers = 1
+    worker_step = batch * (replicas // workers)  # images one worker consumes per step
+    steps = (len(train_set) // workers) // worker_step
+    if replicas > 1 and steps == 0:
+        raise DataError(f"{len(train_set)} training images do not fill one step of {replicas} "
+                        f"replicas x batch_size {batch}: lower batch_size")
+    val_steps = -(-len(shard(val_set, workers, 0, equal=False)) // worker_step)
+
+    def train_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        part = shard(train_set, ctx.num_input_pipelines, ctx.input_pipeline_id, equal=True)
+        ds = pipeline.train_dataset(
+            [p for _, p in part], np.stack([s.label for s, _ in part]),
+            input_size=size, resize_size=config.resize_size,
+            batch_size=ctx.get_per_replica_batch_size(global_batch),
+            random_crop=config.random_crop, horizontal_flip=config.horizontal_flip,
+            # Each worker shuffles and augments its own slice differently.
+            seed=config.seed + ctx.input_pipeline_id)
+        if replicas == 1:
+            return ds  # one pass per epoch, last batch smaller
+        # Reshuffled pass after pass, cut into full batches: no image is always the one left
+        # over, and epochs are `steps` long.
+        return ds.unbatch().repeat().batch(batch, drop_remainder=True).prefetch(2)
+
+    def val_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        part = shard(val_set, ctx.num_input_pipelines, ctx.input_pipeline_id, equal=False)
+        if replicas > 1:
+            part = part or val_set  # fewer images than workers
+            part = [part[i % len(part)] for i in range(val_steps * worker_step)]
+        ds = pipeline.eval_dataset(
+            [p for _, p in part], np.stack([s.label for s, _ in part]),
+            input_size=size, batch_size=ctx.get_per_replica_batch_size(global_batch),
+            weighted=True)
+        # fit() keeps one validation iterator for all epochs: each epoch takes one pass.
+        return ds if replicas == 1 else ds.repeat()
+
+    return Inputs(
+        strategy.distribute_datasets_from_function(train_fn),
+        strategy.distribute_datasets_from_function(val_fn) if val_set else None,
+        steps if replicas > 1 else None,
+        val_steps if replicas > 1 and val_set else None)
+
+
+def shard(items: list, n: int, index: int, equal: bool) -> list:
+    """Every n-th item from `index`; with `equal`, cut so all n shards have the same length."""
+    part = items[index::n]
+    return part[:len(items) // n] if equal else part
+
 
 def _tf_config() -> dict:
     try:
@@ -298,8 +391,8 @@ def _tf_config() -> dict:
 
 def is_chief() -> bool:
     """Only the chief writes job files in multi-worker training (worker 0 when no chief)."""
-    task = _tf_config().get("task", {})
-    cluster = _tf_config().get("cluster", {})
+    config = _tf_config()
+    task, cluster = config.get("task", {}), config.get("cluster", {})
     if not task:
         return True
     if task.get("type") == "chief":
@@ -307,11 +400,46 @@ def is_chief() -> bool:
     return task.get("type") == "worker" and task.get("index") == 0 and "chief" not in cluster
 
 
+def worker_dir() -> Path:
+    """Where a non-chief worker writes its (identical, unwanted) copy of the job files.
+
+    Keras saves through every worker, so each needs somewhere to write: a temporary folder,
+    removed at the end, or $NIMA_WORKER_DIR, kept (to check a worker against the chief).
+    """
+    task = _tf_config().get("task", {})
+    keep = os.environ.get("NIMA_WORKER_DIR")
+    if keep:
+        path = Path(keep)
+        path.mkdir(parents=True, exist_ok=True)
+    else:
+        path = Path(tempfile.mkdtemp(prefix=f"nima-{task.get('type')}{task.get('index')}-"))
+    log.info("not the chief (%s %s): job files go to %s", task.get("type"), task.get("index"),
+             path)
+    return path
+
+
+@contextlib.contextmanager
+def _scratch_cleanup(job: Path):
+    """Remove a non-chief worker's temporary job folder when training ends."""
+    try:
+        yield
+    finally:
+        if not is_chief() and not os.environ.get("NIMA_WORKER_DIR"):
+            shutil.rmtree(job, ignore_errors=True)
+
+
 def make_strategy(name: str) -> tf.distribute.Strategy:
-    """"auto": multi-worker when TF_CONFIG names several workers, mirrored with >1 GPU, else none."""
+    """"auto": multi-worker when TF_CONFIG names several workers, mirrored with >1 GPU, else none.
+
+    "mirrored" replicates over all local GPUs, or over all logical CPU devices on a machine
+    without GPUs (one unless configured otherwise). "multi_worker" needs TF_CONFIG on every
+    worker; each replicates over its own GPUs.
+    """
     cluster = _tf_config().get("cluster", {})
     n_workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
     if name == "auto":
+        # Checked before listing devices: that would start the runtime MultiWorkerMirrored-
+        # Strategy has to configure first.
         if n_workers > 1:
             name = "multi_worker"
         elif len(tf.config.list_logical_devices("GPU")) > 1:
@@ -319,10 +447,88 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         else:
             name = "none"
     if name == "multi_worker":
+        if n_workers < 1:
+            log.warning("distribution multi_worker without TF_CONFIG: training on this host only")
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        _reduce_nested(strategy)
     elif name == "mirrored":
-        strategy = tf.distribute.MirroredStrategy()
+        devices = (tf.config.list_logical_devices("GPU")
+                   or tf.config.list_logical_devices("CPU"))
+        strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
     else:
         strategy = tf.distribute.get_strategy()
     log.info("distribution: %s, %d replica(s)", name, strategy.num_replicas_in_sync)
     return strategy
+
+
+class SyncMovingStatistics(keras.callbacks.Callback):
+    """Average BatchNormalization's moving mean and variance over all replicas.
+
+    Keras 3 updates them replica by replica (aggregation "none"), so with more than one
+    replica every copy drifts with its own batches, and the chief would save and validate with
+    its own. Each epoch starts from one value and the moving averages are linear, so averaging
+    before validation and at the end of each epoch gives what syncing every step would.
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy):
+        super().__init__()
+        self.strategy = strategy
+        self._sync = None
+
+    def _run(self) -> None:
+        if self.strategy.num_replicas_in_sync == 1:
+            return
+        if self._sync is None:
+            stats = [v for v in self.model.variables
+                     if v.path.endswith(("/moving_mean", "/moving_variance"))]
+
+            def average():
+                return tf.distribute.get_replica_context().all_reduce(
+                    "MEAN", [tf.identity(v.value) for v in stats])
+
+            def sync():
+                # Assigned outside the replica context: the value is the same everywhere, and
+                # an in-replica assign to these variables fails under the multi-worker strategy.
+                for v, mean in zip(stats, self.strategy.run(average)):
+                    v.assign(self.strategy.experimental_local_results(mean)[0])
+
+            self._sync = tf.function(sync, autograph=False)
+        self._sync()
+
+    def on_test_begin(self, logs=None):
+        self._run()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._run()
+
+
+def _barrier(strategy: tf.distribute.Strategy) -> None:
+    """Wait until every worker gets here: one that exits while another still saves its files
+    stops sending heartbeats, and TensorFlow aborts the others' collectives."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        def one():
+            return tf.constant(1.0)
+
+        strategy.reduce("SUM", tf.function(lambda: strategy.run(one), autograph=False)(),
+                        axis=None)
+
+
+def _reduce_nested(strategy: tf.distribute.Strategy) -> None:
+    """Make MultiWorkerMirroredStrategy.reduce take what Keras 3 (3.15) hands it.
+
+    With more than one worker, Keras calls `strategy.reduce` (1) on the first batch, an
+    (x, y, weight) tuple, to build the model, and (2) with axis=0 on each scalar metric after
+    every step. MirroredStrategy accepts both; the multi-worker strategy fails with "Attempt to
+    convert a value (PerReplica ...)" and "Invalid reduction dimension 0 for input with 0
+    dimensions". Reducing leaf by leaf, scalars across replicas only, is what Keras means.
+    """
+    reduce = strategy.reduce
+
+    def reduce_each(reduce_op, value, axis=None):
+        def one(v):
+            scalar = strategy.experimental_local_results(v)[0].shape.rank == 0
+            return reduce(reduce_op, v, axis=None if scalar else axis)
+
+        return tf.nest.map_structure(one, value)
+
+    strategy.reduce = reduce_each

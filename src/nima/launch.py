@@ -1,0 +1,549 @@
+"""Run `nima train` / `nima predict` in a Docker container: the engine behind ./train-local and
+./predict.
+
+The host needs only python3 and the docker SDK (this module must never import TensorFlow or
+anything from nima that does). Each host path an argument names is bind-mounted at
+`/host/<absolute host path>` (inputs read-only, the job dir / output folder read-write) and the
+argument is rewritten to that container path. The mapping is reversible, so a job directory
+written in a container (its job.json holds container paths) can be resumed from the host.
+
+Reusable steps for other launchers (e.g. a remote one): `connect(base_url)`,
+`ensure_image(client, flavor, ...)`, `run_container(client, image, spec, ...)`; they take a
+`docker.DockerClient` and know nothing about argv.
+
+Without a Docker engine (or with --local) the same `nima` command runs in the repository's
+.venv, which is created with `pip install -e .` on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Callable, NoReturn, Sequence
+
+from nima import __version__
+from nima.errors import NimaError
+
+try:
+    import docker
+    import docker.errors
+    import docker.types
+except ImportError:  # the host may not have the SDK yet: see _bootstrap_sdk
+    docker = None  # type: ignore[assignment]
+
+
+REPO = Path(__file__).resolve().parents[2]
+HOST_ROOT = PurePosixPath("/host")
+KERAS_VOLUME = "nima-keras-cache"
+KERAS_HOME = "/home/nima/.keras"  # the image's KERAS_HOME (Dockerfile.*)
+FLAVORS = ("cpu", "gpu")
+PROGS = {"train": "train-local", "predict": "predict"}
+# Files that make up an image; their hash is part of its tag, so a code change rebuilds it.
+IMAGE_INPUTS = ("pyproject.toml", "README.md", "src", "models", ".dockerignore")
+EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+
+
+class LaunchError(NimaError):
+    """The container could not be built, started or run (one sentence, shown to the user)."""
+
+
+# --- host <-> container paths ------------------------------------------------------------------
+
+def container_path(host: str | Path) -> str:
+    """/host/<absolute path>: the same place seen from inside the container."""
+    return str(HOST_ROOT / Path(os.path.abspath(host)).relative_to("/"))
+
+
+def host_path(path: str | Path) -> Path:
+    """Inverse of container_path; paths outside /host (a job made without Docker) stay."""
+    p = PurePosixPath(path)
+    if p.is_relative_to(HOST_ROOT):
+        return Path("/") / p.relative_to(HOST_ROOT)
+    return Path(p)
+
+
+@dataclass
+class RunSpec:
+    """What to run in a container: `nima` arguments and the bind mounts they need."""
+
+    command: list[str]
+    entrypoint: list[str] | None = None  # None: the image's `python3 -m nima`
+    binds: dict[str, dict[str, str]] = field(default_factory=dict)  # host -> {bind, mode}
+    name: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def mount(self, host: str | Path, mode: str = "ro") -> str:
+        """Bind-mount a host path; returns its container path. rw wins over ro."""
+        src = os.path.abspath(host)
+        if self.binds.get(src, {}).get("mode") != "rw":
+            self.binds[src] = {"bind": container_path(src), "mode": mode}
+        return self.binds[src]["bind"]
+
+
+# --- bad input is caught on the host, before any container starts -------------------------------
+
+def _need_file(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise LaunchError(f"{what} not found: {path}")
+    if not path.is_file():
+        raise LaunchError(f"{what} is not a file: {path}")
+    if not os.access(path, os.R_OK):
+        raise LaunchError(f"{what} is not readable: {path}")
+    return path
+
+
+def _need_dir(path: Path, what: str, writable: bool = False) -> Path:
+    if not path.exists():
+        raise LaunchError(f"{what} not found: {path}")
+    if not path.is_dir():
+        raise LaunchError(f"{what} is not a directory: {path}")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise LaunchError(f"{what} is not readable: {path}")
+    if writable and not os.access(path, os.W_OK | os.X_OK):
+        raise LaunchError(f"{what} is not writable: {path}")
+    return path
+
+
+def new_job_dir(root: Path = Path("train_jobs")) -> Path:
+    """A free train_jobs/<timestamp>, named like `nima train` names it (not created yet)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    job, n = root / stamp, 1
+    while job.exists():
+        n += 1
+        job = root / f"{stamp}-{n}"
+    return job
+
+
+# --- argv: the launcher's own options plus the `nima` options that name paths --------------------
+
+def _parser(command: str) -> argparse.ArgumentParser:
+    prog = PROGS[command]
+    p = argparse.ArgumentParser(
+        prog=prog, description=f"Run `nima {command}` in a Docker container (or locally when no "
+        "engine answers). Options not listed here are passed to `nima " + command + "`. "
+        "See docs/docker.md.")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--docker", action="store_true", help="fail instead of running locally "
+                       "when no Docker engine answers")
+    where.add_argument("--local", action="store_true",
+                       help="run in the local Python environment (.venv), not in Docker")
+    p.add_argument("--gpu", action="store_true", help="use the GPU image and all GPUs")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the image even if it exists")
+    if command == "train":
+        p.add_argument("--detach", action="store_true",
+                       help="leave training running in the background and print how to follow it")
+        p.add_argument("--config-file", type=Path, help="JSON config (mounted read-only); a "
+                       "name with _gpu implies --gpu")
+        p.add_argument("--samples-file", type=Path, help="label JSON (mounted read-only)")
+        p.add_argument("--image-dir", type=Path, help="image folder (mounted read-only)")
+        p.add_argument("--job-dir", type=Path, help="output folder, mounted read-write "
+                       "(default: train_jobs/<timestamp>)")
+        p.add_argument("--resume", type=Path, metavar="JOB_DIR",
+                       help="continue a stopped or killed job")
+    else:
+        p.add_argument("--image-source", type=Path, help="image file or folder (read-only)")
+        p.add_argument("--weights-file", "--model", dest="weights_file", type=Path,
+                       help="model file or job dir (default: the shipped model in the image)")
+        p.add_argument("--config-file", type=Path, help="config for a .weights.h5 file")
+        p.add_argument("--predictions-file", type=Path,
+                       help="write results here; its folder is mounted read-write")
+    return p
+
+
+def _is_gpu_config(path: Path | None) -> bool:
+    return path is not None and bool(re.search(r"_gpu\b|_gpu[._]", path.name))
+
+
+def plan_train(a: argparse.Namespace, rest: list[str]) -> tuple[RunSpec, Path]:
+    """Check the inputs, choose the job dir, and map everything into the container.
+
+    The caller creates the job dir (`job.mkdir(parents=True, exist_ok=True)`) just before the
+    container starts, as the user: a bind mount of a missing path would be created by the
+    engine, owned by root.
+    """
+    spec = RunSpec(command=["train"])
+    if a.resume:
+        job = _need_dir(a.resume, "job directory", writable=True)
+        if not (job / "config.json").is_file() or not (job / "job.json").is_file():
+            raise LaunchError(f"not a training job directory (no config.json/job.json): {job}")
+        try:
+            recorded = json.loads((job / "job.json").read_text())["image_dir"]
+        except (ValueError, KeyError) as e:
+            raise LaunchError(f"unreadable job.json in {job}: {e}") from None
+        image_dir = _need_dir(a.image_dir or host_path(recorded), "image directory")
+        spec.command += ["--resume", spec.mount(job, "rw"),
+                         "--image-dir", spec.mount(image_dir)]
+    else:
+        missing = [f"--{n.replace('_', '-')}" for n in ("config_file", "samples_file", "image_dir")
+                   if getattr(a, n) is None]
+        if missing:
+            raise LaunchError(f"train needs {', '.join(missing)} (or --resume JOB_DIR)")
+        config = _need_file(a.config_file, "config file")
+        samples = _need_file(a.samples_file, "samples file")
+        image_dir = _need_dir(a.image_dir, "image directory")
+        if a.job_dir:
+            job = a.job_dir
+            if job.exists() and any(job.iterdir()):
+                raise LaunchError(f"job directory is not empty: {job} "
+                                  "(use --resume to continue it)")
+        else:
+            job = new_job_dir()
+        spec.command += ["--config-file", spec.mount(config), "--samples-file", spec.mount(samples),
+                         "--image-dir", spec.mount(image_dir), "--job-dir", spec.mount(job, "rw")]
+    spec.command += rest
+    spec.name = f"nima-train-{re.sub(r'[^A-Za-z0-9_.-]', '_', job.name)}-{secrets.token_hex(2)}"
+    spec.labels = {"nima.command": "train", "nima.job-dir": os.path.abspath(job)}
+    return spec, job
+
+
+def plan_predict(a: argparse.Namespace, rest: list[str]) -> RunSpec:
+    if a.image_source is None:
+        raise LaunchError("predict needs --image-source (an image file or a folder)")
+    spec = RunSpec(command=["predict"], labels={"nima.command": "predict"})
+    source = a.image_source
+    if source.is_dir():
+        _need_dir(source, "image source")
+    else:
+        _need_file(source, "image source")
+    spec.command += ["--image-source", spec.mount(source)]
+    if a.weights_file is not None:
+        if not a.weights_file.exists():
+            raise LaunchError(f"weights file not found: {a.weights_file}")
+        spec.command += ["--weights-file", spec.mount(a.weights_file)]
+    if a.config_file is not None:
+        spec.command += ["--config-file", spec.mount(_need_file(a.config_file, "config file"))]
+    if a.predictions_file is not None:
+        # Written atomically (temp file + rename) next to its final name: mount the folder.
+        out = a.predictions_file
+        folder = _need_dir(out.parent if str(out.parent) else Path("."),
+                           "predictions folder", writable=True)
+        spec.command += ["--predictions-file",
+                         str(PurePosixPath(spec.mount(folder, "rw")) / out.name)]
+    spec.command += rest
+    return spec
+
+
+# --- the engine ---------------------------------------------------------------------------------
+
+def connect(base_url: str | None = None, timeout: float = 10) -> "docker.DockerClient":
+    """A client for the engine at base_url (default: DOCKER_HOST or the local socket).
+
+    Raises LaunchError when it does not answer within `timeout` seconds. The returned client has
+    no read timeout: a container may print nothing for a long time.
+    """
+    if docker is None:
+        raise LaunchError("the docker SDK for Python is not installed (pip install docker)")
+    try:
+        client = (docker.DockerClient(base_url=base_url, timeout=int(timeout)) if base_url
+                  else docker.from_env(timeout=int(timeout)))
+        client.ping()
+    except Exception as e:  # DockerException, requests' ConnectionError, FileNotFoundError ...
+        where = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        raise LaunchError(f"no Docker engine answers at {where} ({_one_line(e)})") from None
+    client.api.timeout = None
+    return client
+
+
+def _one_line(e: BaseException) -> str:
+    text = getattr(e, "explanation", None) or str(e) or type(e).__name__
+    return " ".join(str(text).split())[:300]
+
+
+def source_hash(repo: Path, flavor: str, base_image: str | None) -> str:
+    """Hash of everything that goes into the image, so a changed tree gets a new tag."""
+    h = hashlib.sha256(f"{flavor}\0{base_image or ''}\0".encode())
+    files = [repo / f"Dockerfile.{flavor}"]
+    for name in IMAGE_INPUTS:
+        p = repo / name
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and "__pycache__" not in f.parts
+                            and ".egg-info" not in str(f) and f.suffix != ".pyc")
+        elif p.is_file():
+            files.append(p)
+    for f in files:
+        h.update(str(f.relative_to(repo)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:12]
+
+
+def image_tag(flavor: str, repo: Path = REPO, base_image: str | None = None) -> str:
+    """$NIMA_IMAGE_<FLAVOR> if set, else nima-<flavor>:<version>-<source hash>."""
+    override = os.environ.get(f"NIMA_IMAGE_{flavor.upper()}")
+    if override:
+        return override
+    return f"nima-{flavor}:{__version__}-{source_hash(repo, flavor, base_image)}"
+
+
+def build_image(client: "docker.DockerClient", flavor: str, tag: str, repo: Path = REPO,
+                base_image: str | None = None, network: str | None = None,
+                out: Callable[[str], None] = lambda s: sys.stderr.write(s)) -> None:
+    """docker build -f Dockerfile.<flavor> -t tag repo, streaming the build output to `out`."""
+    dockerfile = repo / f"Dockerfile.{flavor}"
+    if not dockerfile.is_file():
+        raise LaunchError(f"cannot build {tag}: {dockerfile} is missing")
+    args = {"BASE_IMAGE": base_image} if base_image else {}
+    try:
+        stream = client.api.build(path=str(repo), dockerfile=dockerfile.name, tag=tag,
+                                  buildargs=args, network_mode=network, rm=True, forcerm=True,
+                                  decode=True, labels={"nima.version": __version__})
+        last = ""
+        for chunk in stream:
+            if "stream" in chunk:
+                out(chunk["stream"])
+                last = chunk["stream"].strip() or last
+            if "error" in chunk:
+                raise LaunchError(f"building {tag} from {dockerfile.name} failed: "
+                                  f"{_one_line(Exception(chunk['error']))}")
+    except docker.errors.DockerException as e:
+        raise LaunchError(f"building {tag} from {dockerfile.name} failed: {_one_line(e)}") from None
+    try:
+        client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        raise LaunchError(f"building {tag} failed without an error message ({last})") from None
+
+
+def ensure_image(client: "docker.DockerClient", flavor: str, repo: Path = REPO,
+                 base_image: str | None = None, network: str | None = None,
+                 rebuild: bool = False, say: Callable[[str], None] = print) -> str:
+    """The image tag for `flavor`, built from Dockerfile.<flavor> first if the engine lacks it."""
+    tag = image_tag(flavor, repo, base_image)
+    if not rebuild:
+        try:
+            client.images.get(tag)
+            return tag
+        except docker.errors.ImageNotFound:
+            pass
+        say(f"image {tag} not found: building it from Dockerfile.{flavor} "
+            "(the first build downloads the TensorFlow base image, a few GB)")
+    else:
+        say(f"rebuilding image {tag} from Dockerfile.{flavor}")
+    build_image(client, flavor, tag, repo, base_image, network)
+    return tag
+
+
+def gpu_request() -> "docker.types.DeviceRequest":
+    """All GPUs, like `docker run --gpus all`."""
+    return docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])
+
+
+def _exit_message(code: int, state: dict) -> str | None:
+    if state.get("OOMKilled"):
+        return f"the container ran out of memory and was killed (exit {code})"
+    if code == 137:
+        return "the container was killed (SIGKILL, e.g. docker kill or the OOM killer; exit 137)"
+    if code == 143:
+        return "the container was stopped (SIGTERM; exit 143)"
+    return None
+
+
+def run_container(client: "docker.DockerClient", image: str, spec: RunSpec, gpu: bool = False,
+                  network: str | None = None, detach: bool = False,
+                  user: str | None = None) -> tuple[int, "docker.models.containers.Container"]:
+    """Run `nima <spec.command>` in `image`; stream its output; return (exit code, container).
+
+    With detach=True it returns (0, container) as soon as the container runs. Ctrl-C sends the
+    container SIGINT (nima stops cleanly, the job dir keeps the last completed epoch), then
+    stops it if it has not exited within 30 s. The container is removed unless detached.
+    """
+    uid_gid = user or f"{os.getuid()}:{os.getgid()}"
+    volumes = dict(spec.binds)
+    volumes[KERAS_VOLUME] = {"bind": KERAS_HOME, "mode": "rw"}
+    kwargs: dict = dict(image=image, command=spec.command, user=uid_gid, volumes=volumes,
+                        name=spec.name, labels=spec.labels, detach=True, network_mode=network,
+                        entrypoint=spec.entrypoint)
+    if gpu:
+        kwargs["device_requests"] = [gpu_request()]
+    try:
+        container = client.containers.create(**kwargs)
+    except docker.errors.DockerException as e:
+        raise LaunchError(f"cannot create the container: {_one_line(e)}") from None
+    # Attach before starting, as `docker run` does: nothing is lost, and the stream ends when
+    # the container exits (attaching to an already exited container can hang).
+    stream = None if detach else client.api.attach(container.id, stdout=True, stderr=True,
+                                                   stream=True, logs=False, demux=True)
+    try:
+        container.start()
+    except docker.errors.APIError as e:
+        container.remove(force=True)
+        msg = _one_line(e)
+        if gpu and ("device driver" in msg or "nvidia" in msg.lower() or "gpu" in msg.lower()):
+            raise LaunchError(f"the Docker engine cannot provide GPUs ({msg}): install the NVIDIA "
+                              "Container Toolkit on the host, or run without --gpu") from None
+        raise LaunchError(f"cannot start the container: {msg}") from None
+    if stream is None:
+        return 0, container
+    try:
+        try:
+            for out, err in stream:
+                if out:
+                    sys.stdout.buffer.write(out)
+                    sys.stdout.flush()
+                if err:
+                    sys.stderr.buffer.write(err)
+                    sys.stderr.flush()
+            code = container.wait()["StatusCode"]
+        except KeyboardInterrupt:
+            _interrupt(container)
+            raise
+        container.reload()
+        message = _exit_message(code, container.attrs.get("State", {}))
+        if message:
+            print(message, file=sys.stderr)
+        return code, container
+    finally:
+        try:
+            container.remove(force=True)
+        except docker.errors.DockerException:
+            pass
+
+
+def _interrupt(container) -> None:
+    try:
+        container.kill(signal="SIGINT")
+        container.wait(timeout=30)
+    except Exception:
+        try:
+            container.stop(timeout=5)
+        except docker.errors.DockerException:
+            pass
+
+
+# --- local fallback -------------------------------------------------------------------------------
+
+def run_local(command: str, argv: list[str], repo: Path = REPO) -> NoReturn:
+    """exec `nima COMMAND ARGV` from repo/.venv, creating it with `pip install -e .` if needed."""
+    venv = repo / ".venv"
+    nima = venv / "bin" / "nima"
+    if not nima.exists():
+        base = getattr(sys, "_base_executable", None) or sys.executable
+        print(f"{PROGS[command]}: creating {venv} with `pip install -e .` (first run, a few "
+              "minutes)", file=sys.stderr)
+        try:
+            if not (venv / "bin" / "python").exists():
+                subprocess.run([base, "-m", "venv", str(venv)], check=True)
+            subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-e",
+                            str(repo)], check=True)
+        except (subprocess.CalledProcessError, OSError) as e:
+            raise LaunchError(f"could not create {venv}: {_one_line(e)}") from None
+    sys.stdout.flush()
+    os.execv(nima, [str(nima), command, *argv])
+
+
+def _bootstrap_sdk(command: str, argv: list[str]) -> NoReturn:
+    """Re-run this launcher from a small venv with the docker SDK (made on first use)."""
+    venv = REPO / ".venv-launch"
+    python = venv / "bin" / "python"
+    if os.environ.get("NIMA_LAUNCH_BOOTSTRAPPED"):
+        raise LaunchError(f"{python} cannot import the docker SDK: remove {venv} and retry")
+    if not (venv / ".ok").exists():
+        print(f"{PROGS[command]}: installing the docker SDK into {venv} (first use)",
+              file=sys.stderr)
+        try:
+            subprocess.run([getattr(sys, "_base_executable", None) or sys.executable, "-m", "venv",
+                            str(venv)], check=True)
+            subprocess.run([str(python), "-m", "pip", "install", "-q", "docker[ssh]>=7"], check=True)
+            (venv / ".ok").touch()
+        except (subprocess.CalledProcessError, OSError) as e:
+            raise LaunchError(f"could not install the docker SDK into {venv}: {_one_line(e)}"
+                              ) from None
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), NIMA_LAUNCH_BOOTSTRAPPED="1")
+    os.execve(python, [str(python), "-m", "nima.launch", command, *argv], env)
+
+
+def _engine_configured() -> bool:
+    return bool(os.environ.get("DOCKER_HOST")) or Path("/var/run/docker.sock").exists()
+
+
+# --- main -------------------------------------------------------------------------------------------
+
+def launch(command: str, argv: Sequence[str]) -> int:
+    prog = PROGS[command]
+    a, rest = _parser(command).parse_known_args(argv)
+    # What `nima` itself gets when run locally: everything but the launcher's own options.
+    own = {"--docker", "--local", "--gpu", "--rebuild", "--detach"}
+    local_argv = [x for x in argv if x not in own]
+    if a.local:
+        run_local(command, local_argv)
+    if docker is None:
+        if a.docker or _engine_configured():
+            _bootstrap_sdk(command, list(argv))
+        print(f"{prog}: no Docker engine (DOCKER_HOST unset, no /var/run/docker.sock): running "
+              f"`nima {command}` locally", file=sys.stderr)
+        run_local(command, local_argv)
+    try:
+        client = connect()
+    except LaunchError as e:
+        if a.docker:
+            raise
+        print(f"{prog}: {e}: running `nima {command}` locally", file=sys.stderr)
+        run_local(command, local_argv)
+
+    gpu = a.gpu or _is_gpu_config(getattr(a, "config_file", None))
+    if command == "train":
+        spec, job = plan_train(a, rest)
+    else:
+        spec, job = plan_predict(a, rest), None
+    flavor = "gpu" if gpu else "cpu"
+    tag = ensure_image(client, flavor, base_image=os.environ.get("NIMA_BASE_IMAGE"),
+                       network=os.environ.get("NIMA_DOCKER_BUILD_NETWORK"), rebuild=a.rebuild,
+                       say=lambda s: print(f"{prog}: {s}", file=sys.stderr))
+    network = os.environ.get("NIMA_DOCKER_NETWORK")
+    detach = bool(getattr(a, "detach", False))
+    if job is not None:
+        job.mkdir(parents=True, exist_ok=True)
+        print(f"{prog}: job directory {job} (container {spec.name}, image {tag})", file=sys.stderr)
+    try:
+        code, container = run_container(client, tag, spec, gpu=gpu, network=network,
+                                        detach=detach)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted" + (f"; job directory kept: {job} (continue with "
+              f"./train-local --resume {job})" if job else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if detach:
+        host = f" -H {os.environ['DOCKER_HOST']}" if os.environ.get("DOCKER_HOST") else ""
+        print(f"training in container {container.name}; job directory {job}\n"
+              f"  follow: docker{host} logs -f {container.name}\n"
+              f"  stop:   docker{host} stop {container.name}   "
+              f"(then ./train-local --resume {job})")
+        return 0
+    if code != 0 and job is not None:
+        print(f"{prog}: training failed (exit {code}); job directory kept: {job}",
+              file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in PROGS:
+        print("usage: python -m nima.launch {train|predict} [ARGS...]", file=sys.stderr)
+        return 2
+    command = argv.pop(0)
+    try:
+        return launch(command, argv)
+    except LaunchError as e:
+        print(f"{PROGS[command]}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:  # e.g. during an image build
+        print(f"{PROGS[command]}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt  # `kill` of the launcher stops its container like Ctrl-C does
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminate)
+    sys.exit(main())

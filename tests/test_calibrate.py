@@ -1,0 +1,42 @@
+"""`nima calibrate` (precise BN): moving statistics become the batch statistics."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from conftest import tiny_config
+from nima.calibrate import batchnorm_layers, recalibrate_batchnorm
+from nima.config import Config
+from nima.model import build_model, load_model
+
+
+def test_one_batch_makes_inference_equal_training_mode():
+    model = build_model(Config.from_dict(tiny_config(dropout_rate=0.0)))
+    x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype(np.float32)
+    # Fresh moving statistics (0 and 1) are far from these batch statistics.
+    assert not np.allclose(model(x, training=False), model(x, training=True), atol=1e-4)
+    momentum = [bn.momentum for bn in batchnorm_layers(model)]
+    assert recalibrate_batchnorm(model, [x]) == 1
+    np.testing.assert_allclose(model(x, training=False), model(x, training=True), atol=1e-4)
+    assert [bn.momentum for bn in batchnorm_layers(model)] == momentum  # restored
+
+
+def test_cli_calibrates_a_saved_model(dataset, tmp_path: Path):
+    samples, image_dir, config = dataset
+    model = build_model(Config.load(config))
+    model.save(tmp_path / "in.keras")
+    out = tmp_path / "out.keras"
+    r = subprocess.run([sys.executable, "-m", "nima", "calibrate", "--model",
+                        str(tmp_path / "in.keras"), "--samples-file", str(samples),
+                        "--image-dir", str(image_dir), "--output-file", str(out),
+                        "--batches", "2", "--batch-size", "8"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "from 2 batches" in r.stdout
+    before = batchnorm_layers(load_model(tmp_path / "in.keras"))[0]
+    after = batchnorm_layers(load_model(out))[0]
+    assert np.allclose(before.moving_variance.numpy(), 1.0)
+    assert not np.allclose(after.moving_variance.numpy(), 1.0)

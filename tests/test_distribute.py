@@ -1,0 +1,182 @@
+"""tf.distribute through the real `nima train` path: two workers on loopback, two mirrored CPU
+replicas, mixed precision. Training runs in subprocesses because a strategy (or logical device
+layout) must be set up before TensorFlow starts, which the test process has already done."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_images, tiny_config
+
+from nima import train
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _data(tmp_path: Path, n: int = 24, **config) -> tuple[Path, Path, Path]:
+    rows = make_images(tmp_path / "images", n)
+    samples = tmp_path / "samples.json"
+    samples.write_text(json.dumps(rows))
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(tiny_config(**config)))
+    return samples, tmp_path / "images", cfg
+
+
+def _env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "NIMA_WORKER_DIR")}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", **extra)
+    return env
+
+
+def _weights(model_file: Path) -> list[np.ndarray]:
+    import keras
+
+    model = keras.saving.load_model(model_file, compile=False)
+    return [np.asarray(w) for w in model.get_weights()]
+
+
+# --- pure logic ---------------------------------------------------------------------------------
+
+def test_shard_equal_slices_cover_disjoint_items():
+    items = list(range(11))
+    parts = [train.shard(items, 3, i, equal=True) for i in range(3)]
+    assert [len(p) for p in parts] == [3, 3, 3]
+    assert not set(parts[0]) & set(parts[1]) and not set(parts[1]) & set(parts[2])
+    uneven = [train.shard(items, 3, i, equal=False) for i in range(3)]
+    assert sorted(sum(uneven, [])) == items
+
+
+@pytest.mark.parametrize("tf_config, chief", [
+    (None, True),
+    ({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}, True),
+    ({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}, False),
+    ({"cluster": {"chief": ["a:1"], "worker": ["b:2"]}, "task": {"type": "worker", "index": 0}},
+     False),
+    ({"cluster": {"chief": ["a:1"], "worker": ["b:2"]}, "task": {"type": "chief", "index": 0}},
+     True),
+])
+def test_is_chief(monkeypatch, tf_config, chief):
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    assert train.is_chief() is chief
+
+
+# --- real training ------------------------------------------------------------------------------
+
+def test_multi_worker_two_processes_end_with_identical_weights(tmp_path):
+    """Two `nima train` processes, one TF_CONFIG cluster on 127.0.0.1: MultiWorkerMirrored-
+    Strategy, each worker on its own half of the images, all-reduced gradients."""
+    # One phase that trains every layer, BatchNormalization included.
+    samples, images, cfg = _data(tmp_path, n=24, epochs_train_dense=0, epochs_train_all=2,
+                                 batch_size=4, distribution="auto")
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    job, scratch = tmp_path / "job", tmp_path / "worker1"
+    procs = []
+    for index in range(2):
+        env = _env(TF_CONFIG=json.dumps({"cluster": cluster,
+                                         "task": {"type": "worker", "index": index}}))
+        if index == 1:
+            env["NIMA_WORKER_DIR"] = str(scratch)
+        log = open(tmp_path / f"worker{index}.log", "w")
+        procs.append((subprocess.Popen(
+            [sys.executable, "-m", "nima.cli", "train", "--config-file", str(cfg),
+             "--samples-file", str(samples), "--image-dir", str(images), "--job-dir", str(job)],
+            env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    try:
+        codes = [p.wait(timeout=480) for p, _ in procs]
+    finally:
+        for p, log in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            log.close()
+    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], "\n\n".join(log[-3000:] for log in logs)
+    assert "multi_worker, 2 replica(s)" in logs[0] and "multi_worker, 2 replica(s)" in logs[1]
+
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["replicas"] == 2 and summary["global_batch_size"] == 8
+    assert summary["n_train"] == 19 and summary["epochs"] == 2
+    history = json.loads((job / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert all(np.isfinite(row["loss"]) and np.isfinite(row["val_loss"]) for row in history)
+    # Only the chief wrote the job directory; the worker wrote its copy elsewhere.
+    state = json.loads((job / "checkpoint" / "state.json").read_text())
+    assert state["epoch"] == 2 and (job / "checkpoint" / state["weights"]).is_file()
+    assert (scratch / "model.keras").is_file() and not (job / "worker1").exists()
+
+    chief_w, worker_w = _weights(job / "model.keras"), _weights(scratch / "model.keras")
+    assert len(chief_w) == len(worker_w) > 50
+    for a, b in zip(chief_w, worker_w):
+        np.testing.assert_array_equal(a, b)
+    # Losses are all-reduced: both workers logged the same history.
+    assert json.loads((scratch / "history.json").read_text()) == history
+
+
+def test_mirrored_two_logical_cpus(tmp_path):
+    samples, images, cfg = _data(tmp_path, n=24, epochs_train_dense=1, epochs_train_all=0,
+                                 batch_size=4, distribution="mirrored")
+    script = (
+        "import sys, tensorflow as tf\n"
+        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+        "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()]"
+        " * 2)\n"
+        "from nima.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    job = tmp_path / "job"
+    out = subprocess.run(
+        [sys.executable, "-c", script, "train", "--config-file", str(cfg), "--samples-file",
+         str(samples), "--image-dir", str(images), "--job-dir", str(job)],
+        env=_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "mirrored, 2 replica(s)" in out.stderr
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["replicas"] == 2 and summary["global_batch_size"] == 8
+    row = json.loads((job / "history.json").read_text())[0]
+    assert np.isfinite(row["loss"]) and np.isfinite(row["val_loss"])
+
+
+def test_mixed_precision_builds_and_trains_with_float32_outputs(tmp_path):
+    """mixed_float16 end to end on CPU (slow there; this checks correctness, not speed)."""
+    import keras
+
+    from nima.config import Config
+    from nima.model import load_model
+
+    samples, images, cfg = _data(tmp_path, n=12, epochs_train_dense=1, epochs_train_all=0,
+                                 mixed_precision=True, distribution="none")
+    job = train.train(Config.load(cfg), samples, images, tmp_path / "job")
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
+    row = json.loads((job / "history.json").read_text())[0]
+    assert np.isfinite(row["loss"]) and np.isfinite(row["val_loss"])
+    # compile() wrapped Adam in a LossScaleOptimizer, and the checkpoint holds its state.
+    import h5py
+
+    state = json.loads((job / "checkpoint" / "state.json").read_text())
+    with h5py.File(job / "checkpoint" / state["weights"]) as f:
+        assert "optimizer/inner_optimizer/vars" in f and "optimizer/vars" in f
+    conv = next(layer for layer in load_model(job / "model.keras").layers[2].layers
+                if layer.name == "conv1")
+    assert conv.dtype_policy.name == "mixed_float16" and conv.variable_dtype == "float32"
+    scores = load_model(job / "model.keras").predict(np.full((2, 32, 32, 3), 128.0), verbose=0)
+    assert scores.dtype == np.float32 and np.allclose(scores.sum(axis=1), 1.0, atol=1e-5)

@@ -1,0 +1,199 @@
+"""The launcher's host side, without a Docker engine: argv and mount mapping, input checks,
+image tags, the GPU request, and the local fallback of ./predict when no engine answers.
+(tests/docker/ runs the same launcher against a real engine.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, make_images, tiny_config
+from nima import launch
+from nima.launch import LaunchError, container_path, host_path
+
+
+def _args(command: str, *argv: str):
+    return launch._parser(command).parse_known_args(list(argv))
+
+
+@pytest.fixture
+def inputs(tmp_path: Path):
+    images = tmp_path / "images"
+    rows = make_images(images, 4)
+    samples = tmp_path / "samples.json"
+    samples.write_text(json.dumps(rows))
+    config = tmp_path / "cfg" / "config.json"
+    config.parent.mkdir()
+    config.write_text(json.dumps(tiny_config()))
+    return samples, images, config
+
+
+def test_container_paths_round_trip(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert container_path("/data/ava images") == "/host/data/ava images"
+    assert container_path("rel/x.json") == f"/host{tmp_path}/rel/x.json"
+    assert host_path(container_path("/a/b")) == Path("/a/b")
+    # A job made without Docker records host paths: they stay as they are.
+    assert host_path("/data/images") == Path("/data/images")
+
+
+def test_plan_train_mounts_inputs_read_only_and_job_read_write(inputs, tmp_path, monkeypatch):
+    samples, images, config = inputs
+    monkeypatch.chdir(tmp_path)
+    a, rest = _args("train", "--config-file", str(config), "--samples-file", "samples.json",
+                    "--image-dir", str(images), "--gpu")
+    assert a.gpu
+    spec, job = launch.plan_train(a, rest)
+    assert job.parent == Path("train_jobs") and not job.exists()
+    modes = {Path(src): b["mode"] for src, b in spec.binds.items()}
+    assert modes == {config: "ro", samples: "ro", images: "ro", job.resolve(): "rw"}
+    cmd = spec.command
+    assert cmd[0] == "train"
+    for opt, host in [("--config-file", config), ("--samples-file", samples),
+                      ("--image-dir", images), ("--job-dir", job.resolve())]:
+        assert cmd[cmd.index(opt) + 1] == f"/host{host}"
+    assert spec.labels["nima.job-dir"] == str(job.resolve())
+
+
+def test_plan_train_resume_maps_recorded_container_paths_back(inputs, tmp_path, monkeypatch):
+    _, images, _ = inputs
+    job = tmp_path / "train_jobs" / "20260101-000000"
+    job.mkdir(parents=True)
+    (job / "config.json").write_text(json.dumps(tiny_config()))
+    # As written by `nima train` inside a container: container paths.
+    (job / "job.json").write_text(json.dumps({"image_dir": container_path(images)}))
+    a, rest = _args("train", "--resume", str(job), "--detach")
+    spec, got = launch.plan_train(a, rest)
+    assert got == job and a.detach
+    assert spec.command == ["train", "--resume", f"/host{job}", "--image-dir", f"/host{images}"]
+    assert spec.binds[str(job)]["mode"] == "rw" and spec.binds[str(images)]["mode"] == "ro"
+
+
+@pytest.mark.parametrize("broken, message", [
+    ("samples", "samples file not found"),
+    ("images", "image directory not found"),
+    ("config", "config file not found"),
+])
+def test_plan_train_rejects_missing_inputs(inputs, tmp_path, monkeypatch, broken, message):
+    samples, images, config = inputs
+    monkeypatch.chdir(tmp_path)
+    paths = {"samples": samples, "images": images, "config": config}
+    paths[broken] = tmp_path / "nope"
+    a, rest = _args("train", "--config-file", str(paths["config"]), "--samples-file",
+                    str(paths["samples"]), "--image-dir", str(paths["images"]))
+    with pytest.raises(LaunchError, match=message):
+        launch.plan_train(a, rest)
+    assert not (tmp_path / "train_jobs").exists()  # nothing created for a bad command
+
+
+def test_plan_train_rejects_non_empty_job_dir_and_non_job_resume(inputs, tmp_path):
+    samples, images, config = inputs
+    a, rest = _args("train", "--config-file", str(config), "--samples-file", str(samples),
+                    "--image-dir", str(images), "--job-dir", str(images))
+    with pytest.raises(LaunchError, match="job directory is not empty"):
+        launch.plan_train(a, rest)
+    with pytest.raises(LaunchError, match="not a training job directory"):
+        launch.plan_train(*_args("train", "--resume", str(images)))
+
+
+@pytest.mark.skipif(os.getuid() == 0, reason="root reads any directory")
+def test_plan_train_rejects_unreadable_image_dir(inputs, tmp_path):
+    samples, images, config = inputs
+    images.chmod(0)
+    try:
+        a, rest = _args("train", "--config-file", str(config), "--samples-file", str(samples),
+                        "--image-dir", str(images))
+        with pytest.raises(LaunchError, match="image directory is not readable"):
+            launch.plan_train(a, rest)
+    finally:
+        images.chmod(0o755)
+
+
+def test_plan_predict_output_folder_is_the_only_writable_mount(inputs, tmp_path):
+    _, images, config = inputs
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"x")
+    out = tmp_path / "out"
+    out.mkdir()
+    a, rest = _args("predict", "--image-source", str(images), "--model", str(model),
+                    "--predictions-file", str(out / "p.json"), "--format", "jsonl")
+    spec = launch.plan_predict(a, rest)
+    assert {Path(s): b["mode"] for s, b in spec.binds.items()} == {
+        images: "ro", model: "ro", out: "rw"}
+    assert spec.command == ["predict", "--image-source", f"/host{images}", "--weights-file",
+                            f"/host{model}", "--predictions-file", f"/host{out}/p.json",
+                            "--format", "jsonl"]
+    with pytest.raises(LaunchError, match="predictions folder not found"):
+        launch.plan_predict(*_args("predict", "--image-source", str(images),
+                                   "--predictions-file", str(tmp_path / "no" / "p.json")))
+    with pytest.raises(LaunchError, match="image source not found"):
+        launch.plan_predict(*_args("predict", "--image-source", str(tmp_path / "none")))
+
+
+def test_same_path_mounted_read_write_wins():
+    spec = launch.RunSpec(command=[])
+    spec.mount("/data/x", "ro")
+    spec.mount("/data/x", "rw")
+    spec.mount("/data/x", "ro")
+    assert spec.binds == {"/data/x": {"bind": "/host/data/x", "mode": "rw"}}
+
+
+def test_gpu_config_names_and_device_request():
+    assert launch._is_gpu_config(Path("models/MobileNet/config_aesthetic_gpu.json"))
+    assert not launch._is_gpu_config(Path("config_aesthetic_cpu.json"))
+    assert not launch._is_gpu_config(Path("gpux.json"))
+    req = launch.gpu_request()
+    assert req["Count"] == -1 and req["Capabilities"] == [["gpu"]]
+
+
+def test_image_tag_follows_the_source(tmp_path: Path):
+    repo = tmp_path / "repo"
+    (repo / "src" / "nima").mkdir(parents=True)
+    (repo / "src" / "nima" / "a.py").write_text("x = 1\n")
+    (repo / "Dockerfile.cpu").write_text("FROM x\n")
+    t1 = launch.image_tag("cpu", repo)
+    assert t1.startswith("nima-cpu:") and t1 == launch.image_tag("cpu", repo)
+    assert launch.image_tag("cpu", repo, base_image="other:1") != t1
+    (repo / "src" / "nima" / "a.py").write_text("x = 2\n")
+    assert launch.image_tag("cpu", repo) != t1
+
+
+def test_launcher_does_not_import_tensorflow():
+    code = ("import sys, nima.launch; bad = [m for m in ('tensorflow', 'keras', 'numpy') "
+            "if m in sys.modules]; sys.exit(f'imported {bad}' if bad else 0)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def _run(script: str, *argv: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([str(REPO / script), *argv], capture_output=True, text=True,
+                          env={**os.environ, "NIMA_LAUNCH_PYTHON": sys.executable, **env},
+                          timeout=300)
+
+
+def test_without_an_engine_predict_runs_locally_and_docker_mode_refuses(tmp_path: Path):
+    from nima.config import Config
+    from nima.model import build_model
+
+    model = tmp_path / "tiny.keras"
+    build_model(Config.from_dict(tiny_config())).save(model)
+    make_images(tmp_path / "imgs", 3)
+    nowhere = f"unix://{tmp_path}/no-engine.sock"
+    r = _run("predict", "--image-source", str(tmp_path / "imgs"), "--weights-file", str(model),
+             DOCKER_HOST=nowhere)
+    assert r.returncode == 0, r.stderr
+    assert f"no Docker engine answers at {nowhere}" in r.stderr
+    assert "running `nima predict` locally" in r.stderr
+    results = json.loads(r.stdout)
+    assert sorted(x["image_id"] for x in results) == ["img0000", "img0001", "img0002"]
+    assert all(1 <= x["mean_score_prediction"] <= 10 for x in results)
+
+    r = _run("predict", "--docker", "--image-source", str(tmp_path / "imgs"),
+             DOCKER_HOST=nowhere)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and r.stdout == "" and len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"predict: error: no Docker engine answers at {nowhere}")
