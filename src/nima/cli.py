@@ -62,21 +62,62 @@ def _predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="score an image file or folder",
                        description="Score images: one JSON object per image with the 10-bin "
                        "distribution, mean and standard deviation. Exit code 3 if any image "
-                       "could not be scored (each such image gets an 'error' entry).")
+                       "could not be scored (each such image gets an 'error' entry). "
+                       "See docs/predict.md.")
     p.add_argument("--image-source", type=Path, required=True,
                    help="an image file, or a folder walked recursively")
-    _add_model_args(p)
+    p.add_argument("--weights-file", "--model", dest="model", type=Path, metavar="MODEL",
+                   action="append",
+                   help="a .keras model, a job or model directory, or a .weights.h5 file "
+                   "(with --config-file); repeat to average several models (an ensemble); "
+                   "default: the shipped technical-quality model")
+    p.add_argument("--config-file", type=Path, help="training config for a .weights.h5 file")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
     p.add_argument("--predictions-file", type=Path,
-                   help="write results here (atomically) instead of stdout")
+                   help="write results here (atomically; partial results beside it in "
+                   "FILE.partial while running; run metadata in FILE.meta.json)")
     p.add_argument("--format", choices=("json", "jsonl", "csv"), default="json")
+    p.add_argument("--backend", choices=("auto", "keras", "tflite"), default="auto",
+                   help="auto (default): Keras on a GPU, TFLite/XNNPACK on CPU")
+    p.add_argument("--workers", type=int, help="decoding threads (default: all CPUs)")
+    p.add_argument("--num-shards", type=int, default=1,
+                   help="split the folder into N deterministic shards (by relative path)")
+    p.add_argument("--shard-index", type=int, default=0, help="which shard to score (0..N-1)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from FILE.partial")
+    p.add_argument("--normalize", choices=("minmax",),
+                   help="rescale this run's mean scores to --range (default 1 10)")
+    p.add_argument("--range", dest="norm_range", type=float, nargs=2, metavar=("LO", "HI"),
+                   default=(1.0, 10.0))
 
     def run(a: argparse.Namespace) -> int:
         from nima.predict import predict
 
-        _, failed = predict(a.image_source, a.model, config_file=a.config_file,
+        _, failed = predict(a.image_source, a.model or None, config_file=a.config_file,
                             predictions_file=a.predictions_file, fmt=a.format,
-                            batch_size=a.batch_size)
+                            batch_size=a.batch_size, backend=a.backend,
+                            num_shards=a.num_shards, shard_index=a.shard_index,
+                            resume=a.resume, normalize=a.normalize,
+                            norm_range=tuple(a.norm_range), workers=a.workers)
         return EXIT_PARTIAL if failed else EXIT_OK
+
+    p.set_defaults(run=run)
+
+
+def _merge(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("merge", help="join predictions files (e.g. shards) into one",
+                       description="Join predictions files of any format into OUT (format "
+                       "from its suffix .json/.jsonl/.csv, or --format), de-duplicated by "
+                       "image path, every record validated.")
+    p.add_argument("output", type=Path, metavar="OUT")
+    p.add_argument("parts", type=Path, nargs="+", metavar="PARTS")
+    p.add_argument("--format", choices=("json", "jsonl", "csv"))
+
+    def run(a: argparse.Namespace) -> int:
+        from nima.predict import merge
+
+        merge(a.output, a.parts, a.format)
+        return EXIT_OK
 
     p.set_defaults(run=run)
 
@@ -418,7 +459,7 @@ def _export(sub: argparse._SubParsersAction) -> None:
 # Subcommands in help order; other modules' commands are added here.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_train, _predict, _evaluate,
                                                                  _data, _report, _export,
-                                                                 _calibrate]
+                                                                 _calibrate, _merge]
 
 
 class UsageError(Exception):

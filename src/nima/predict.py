@@ -1,37 +1,53 @@
-"""Score images with a trained NIMA model and write the results.
+"""Score images with trained NIMA models and write the results, fast and memory-flat.
 
 One result per image, in the order the folder walk yields them:
 
     {"image_id": "<file stem>", "image": "<path relative to the source>",
      "predictions": [10 probabilities], "mean_score_prediction": m, "sd_score_prediction": s}
 
-or, for a file that cannot be decoded, `{"image_id", "image", "error": "<why>"}`. Results are
-streamed to the writer as batches finish, so memory stays flat however large the folder.
+or, for a file that cannot be decoded, `{"image_id", "image", "error": "<why>"}`.
+
+How a run flows (`predict`): the folder walk streams paths; a sharding filter keeps this
+shard's paths; a thread pool decodes ahead of the model (Pillow releases the GIL, so decoding
+uses every core); batches go through the backend (TFLite/XNNPACK on CPU, Keras on GPU, see
+runtime.py); each result is appended to `<predictions-file>.partial` (JSON lines) as its batch
+finishes. At the end one more streamed pass writes the predictions file in its format,
+atomically (with min-max normalisation applied, if asked), then `<predictions-file>.meta.json`,
+and removes the partial file. So kill -9 leaves the predictions file absent or complete, and
+`--resume` continues from the partial file. Nothing grows with the folder except the set of
+already-scored paths when resuming.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import csv
+import hashlib
+import io
 import json
 import logging
+import math
 import os
 import sys
-from dataclasses import dataclass, field
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
-import keras
 import numpy as np
 
-from nima import files, images, pipeline, scores
-from nima.config import Config
-from nima.errors import ModelError, NimaError
-from nima.model import build_model, load_model, model_input_size
+from nima import files, images, runtime, scores
+from nima.errors import DataError, ModelError, NimaError
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("json", "jsonl", "csv")
 DEFAULT_MODEL_NAME = "default"
+NORMALIZE = ("minmax",)
+PARTIAL_SUFFIX = ".partial"
+META_SUFFIX = ".meta.json"
 
 
 def models_dir() -> Path:
@@ -61,62 +77,202 @@ def resolve_model_file(source: str | Path | None) -> Path:
     return path
 
 
-@dataclass
-class Predictor:
-    """A loaded model plus what it needs to score files: input size and a description."""
+def _model_loader(path: Path, config_file: str | Path | None) -> tuple[Callable[[], Any], list[Path]]:
+    """(a function building the Keras model, the files that define it)."""
+    if path.name.endswith(".keras"):
+        def load():
+            from nima.model import load_model
 
-    model: keras.Model
-    info: dict = field(default_factory=dict)
+            return load_model(path)
+        return load, [path]
+    cfg_path = Path(config_file) if config_file else path.parent / "config.json"
+    if not cfg_path.is_file():
+        raise ModelError(f"weights file {path} needs its training config: --config-file")
+
+    def build():
+        from nima.config import Config
+        from nima.model import build_model
+
+        config = Config.load(cfg_path).replace(base_weights=None)
+        model = build_model(config)
+        try:
+            model.load_weights(path)
+        except Exception as e:
+            raise ModelError(f"cannot load weights {path}: {str(e).splitlines()[0]}") from None
+        return model
+    return build, [cfg_path, path]
+
+
+class Predictor:
+    """A model plus what it needs to score files: backend, input size and a description.
+
+    The Keras model is built lazily: with a cached TFLite conversion a CPU run never imports
+    TensorFlow (saves seconds of start-up per process, which matters for many small shards).
+    """
+
+    def __init__(self, model=None, info: dict | None = None, runner: runtime.Runner | None = None,
+                 *, loader: Callable[[], Any] | None = None, input_size: int | None = None):
+        self._model, self._loader = model, loader
+        self.info = dict(info or {})
+        self._input_size = input_size
+        self.runner = runner if runner is not None else None
+        if self.runner is None and model is not None:
+            self.runner = runtime.KerasRunner(model)
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = self._loader()
+        return self._model
+
+    @property
+    def backend(self) -> str:
+        return self.runner.name if self.runner is not None else "keras"
 
     @property
     def input_size(self) -> int:
-        return model_input_size(self.model)
+        if self._input_size is None:
+            from nima.model import model_input_size
+
+            self._input_size = model_input_size(self.model)
+        return self._input_size
 
     @classmethod
-    def load(cls, source: str | Path | None = None, config_file: str | Path | None = None
-             ) -> "Predictor":
-        """From a `.keras` file, a job/model directory, or weights + config; None = default."""
+    def load(cls, source: str | Path | None = None, config_file: str | Path | None = None,
+             backend: str = "keras", num_threads: int | None = None) -> "Predictor":
+        """From a `.keras` file, a job/model directory, or weights + config; None = default.
+
+        backend: "keras"; "tflite" (converted once, cached; error if conversion fails);
+        "auto" (Keras on a GPU, else TFLite, falling back to Keras with a log note).
+        """
+        if backend not in runtime.BACKENDS:
+            raise NimaError(f"unknown backend {backend!r}; choose one of "
+                            f"{', '.join(runtime.BACKENDS)}")
         path = resolve_model_file(source)
         info: dict = {"model": str(path)}
         meta = path.parent / "metadata.json"
         if meta.is_file():
-            info.update(json.loads(meta.read_text()))
-        if path.name.endswith(".keras"):
-            model = load_model(path)
-        else:
-            cfg_path = Path(config_file) if config_file else path.parent / "config.json"
-            if not cfg_path.is_file():
-                raise ModelError(f"weights file {path} needs its training config: --config-file")
-            config = Config.load(cfg_path).replace(base_weights=None)
-            model = build_model(config)
             try:
-                model.load_weights(path)
-            except Exception as e:
-                raise ModelError(f"cannot load weights {path}: {str(e).splitlines()[0]}") from None
-        log.info("model %s (%s)", path, info.get("description", model.name))
-        return cls(model, info)
+                info.update(json.loads(meta.read_text()))
+            except ValueError:
+                log.warning("ignoring unreadable %s", meta)
+        loader, defining = _model_loader(path, config_file)
+        if backend == "auto":
+            backend = "keras" if _maybe_gpu() and runtime.has_gpu() else "tflite"
+            fallback = True
+        else:
+            fallback = False
+        pred = cls(None, info, loader=loader)
+        if backend == "tflite":
+            key = runtime.file_key(defining)
+            try:
+                content = runtime.cached_tflite(key, lambda: pred.model)
+                pred.runner = runtime.TFLiteRunner(content, num_threads)
+                pred._input_size = pred.runner.input_size
+            except ModelError as e:
+                if not fallback:
+                    raise
+                log.warning("%s; using the Keras backend instead", e)
+        if pred.runner is None:
+            pred.runner = runtime.KerasRunner(pred.model)
+        log.info("model %s (%s), backend %s", path, info.get("description", path.stem),
+                 pred.backend)
+        return pred
 
     def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
-        """(N, size, size, 3) RGB 0..255 -> (N, 10) probabilities."""
-        out = self.model.predict_on_batch(np.asarray(batch, np.float32))
-        return np.asarray(out, np.float64)
+        """(N, size, size, 3) RGB 0..255 (uint8 or float) -> (N, 10) float64 probabilities."""
+        batch = np.asarray(batch)
+        if batch.ndim != 4 or batch.shape[-1] != 3:
+            raise NimaError(f"expected a batch of shape (N, H, W, 3), got {batch.shape}")
+        if len(batch) == 0:
+            return np.empty((0, scores.N_BINS))
+        return np.asarray(self.runner(batch.astype(np.float32, copy=False)), np.float64)
 
     def score_files(self, paths: Iterable[Path], root: Path | None = None,
                     batch_size: int = 32) -> Iterator[dict]:
         """Yield one result dict per path, in order; failures carry `error`."""
-        ds = pipeline.predict_dataset(paths, input_size=self.input_size, batch_size=batch_size)
-        for batch, errors, batch_paths in ds.as_numpy_iterator():
-            ok = errors == b""
-            probs = self.predict_arrays(batch[ok]) if ok.any() else np.empty((0, scores.N_BINS))
-            it = iter(probs)
-            for raw, err in zip(batch_paths, errors):
-                path = Path(os.fsdecode(raw))
-                result = {"image_id": path.stem, "image": _relative(path, root)}
-                if err:
-                    result["error"] = err.decode("utf-8", "replace")
-                else:
-                    result.update(result_fields(next(it)))
-                yield result
+        yield from Ensemble([self]).score_files(paths, root, batch_size)
+
+
+def _maybe_gpu() -> bool:
+    # Cheap check before importing TensorFlow just to ask it: no NVIDIA driver, no GPU.
+    return os.path.exists("/proc/driver/nvidia/gpus") or os.path.exists("/dev/nvidia0") \
+        or bool(os.environ.get("NIMA_ASSUME_GPU"))
+
+
+# --- decoding ahead of the model ----------------------------------------------------------------
+
+def _decode(path: Path, sizes: Sequence[int]) -> dict[int, np.ndarray] | str:
+    try:
+        return {s: images.load_image(path, s) for s in sizes}
+    except images.ImageError as e:
+        log.warning("%s", e)
+        return str(e)
+    except Exception as e:  # one bad file must never stop a long run
+        log.warning("cannot decode image %s: %s", path, e)
+        return f"cannot decode image {path}: {e}"
+
+
+def decode_stream(paths: Iterable[Path], sizes: Sequence[int], workers: int,
+                  ahead: int) -> Iterator[tuple[Path, dict[int, np.ndarray] | str]]:
+    """(path, {size: uint8 image} or error) in input order, decoded by `workers` threads at
+    most `ahead` images in advance: order is kept and memory is bounded by `ahead`."""
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        pending: collections.deque = collections.deque()
+        try:
+            for path in paths:
+                pending.append((path, pool.submit(_decode, path, sizes)))
+                if len(pending) >= ahead:
+                    p, fut = pending.popleft()
+                    yield p, fut.result()
+            while pending:
+                p, fut = pending.popleft()
+                yield p, fut.result()
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+
+
+class Ensemble:
+    """Several predictors scoring the same images: distributions are averaged. Each model gets
+    the image decoded at its own input size (its preprocessing lives inside the model)."""
+
+    def __init__(self, predictors: Sequence[Predictor]):
+        if not predictors:
+            raise NimaError("no model to predict with")
+        self.predictors = list(predictors)
+        self.sizes = sorted({p.input_size for p in self.predictors})
+
+    def predict_batches(self, arrays: dict[int, np.ndarray]) -> np.ndarray:
+        out = [p.predict_arrays(arrays[p.input_size]) for p in self.predictors]
+        return out[0] if len(out) == 1 else np.mean(out, axis=0)
+
+    def score_files(self, paths: Iterable[Path], root: Path | None = None,
+                    batch_size: int = 32, workers: int | None = None) -> Iterator[dict]:
+        workers = workers or runtime.cpu_threads()
+        stream = decode_stream(paths, self.sizes, workers, ahead=2 * batch_size + 2 * workers)
+        batch: list[tuple[Path, dict | str]] = []
+        for item in stream:
+            batch.append(item)
+            if len(batch) == batch_size:
+                yield from self._score_batch(batch, root)
+                batch = []
+        if batch:
+            yield from self._score_batch(batch, root)
+
+    def _score_batch(self, batch, root: Path | None) -> Iterator[dict]:
+        ok = [d for _, d in batch if not isinstance(d, str)]
+        probs = iter(())
+        if ok:
+            arrays = {s: np.stack([d[s] for d in ok]) for s in self.sizes}
+            probs = iter(self.predict_batches(arrays))
+        for path, d in batch:
+            result = {"image_id": path.stem, "image": _relative(path, root)}
+            if isinstance(d, str):
+                result["error"] = d
+            else:
+                result.update(result_fields(next(probs)))
+            yield result
 
 
 def result_fields(dist: np.ndarray) -> dict:
@@ -136,7 +292,20 @@ def _relative(path: Path, root: Path | None) -> str:
         return str(path)
 
 
+# --- sharding ---------------------------------------------------------------------------------
+
+def shard_of(relative_path: str, num_shards: int) -> int:
+    """Stable across machines, runs and Python versions (not hash(), which is salted)."""
+    digest = hashlib.blake2b(os.fsencode(relative_path.replace(os.sep, "/")),
+                             digest_size=8).digest()
+    return int.from_bytes(digest, "big") % num_shards
+
+
 # --- writers: streamed, finalised atomically ------------------------------------------------
+
+CSV_HEADER = ["image_id", "image", "mean_score_prediction", "sd_score_prediction",
+              *[f"p{i}" for i in range(1, scores.N_BINS + 1)], "error"]
+
 
 class ResultWriter:
     """Streams results to a file (atomic: appears complete or not at all) or to stdout."""
@@ -152,8 +321,7 @@ class ResultWriter:
             self._out.write("[")
         elif fmt == "csv":
             self._csv = csv.writer(self._out, lineterminator="\n")
-            self._csv.writerow(["image_id", "image", "mean_score_prediction",
-                                "sd_score_prediction", *[f"p{i}" for i in range(1, 11)], "error"])
+            self._csv.writerow(CSV_HEADER)
 
     def write(self, result: dict) -> None:
         self.failed += "error" in result
@@ -189,25 +357,343 @@ class ResultWriter:
         self.close(ok=exc_type is None)
 
 
+# --- reading results back (resume, normalise, merge) -------------------------------------------
+
+def _format_of(path: Path) -> str:
+    suffix = path.suffix.lower()
+    return {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}.get(suffix, "json")
+
+
+def read_results(path: str | Path, fmt: str | None = None) -> Iterator[dict]:
+    """Stream result dicts from a predictions file of any format (by content, then suffix).
+
+    JSON arrays as written here (one object per line) stream line by line; any other JSON
+    layout is parsed whole. Raises DataError on a malformed file.
+    """
+    path = Path(path)
+    try:
+        f = open(path, encoding="utf-8", newline="")
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    with f:
+        head = f.read(4096)
+        f.seek(0)
+        first = head.lstrip()[:1]
+        if fmt is None:
+            fmt = "json" if first == "[" else "jsonl" if first == "{" else "csv" \
+                if head.startswith("image_id,") else _format_of(path)
+        if fmt == "csv":
+            yield from _read_csv(f, path)
+        elif fmt == "jsonl":
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    yield _parse_line(line, path, n)
+        else:
+            yield from _read_json_array(f, path)
+
+
+def _parse_line(line: str, path: Path, n: int) -> dict:
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        raise DataError(f"{path} line {n} is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path} line {n} is not a JSON object")
+    return obj
+
+
+def _read_json_array(f: IO[str], path: Path) -> Iterator[dict]:
+    lines = iter(f)
+    first = next(lines, "").strip()
+    if first == "[]":
+        return
+    if first == "[":
+        n = 1
+        for line in lines:
+            n += 1
+            s = line.strip()
+            if s == "]":
+                if next(lines, "").strip():
+                    raise DataError(f"{path}: text after the closing ']'")
+                return
+            if n == 2 and not (s.startswith("{") and s.rstrip(",").endswith("}")):
+                break  # not one object per line: parse the whole file below
+            yield _parse_line(s.rstrip(","), path, n)
+        else:
+            raise DataError(f"{path} is truncated (no closing ']')")
+    # Some other JSON layout: parse it whole.
+    f.seek(0)
+    try:
+        data = json.load(f)
+    except ValueError as e:
+        raise DataError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise DataError(f"{path} must hold a JSON array of result objects")
+    yield from data
+
+
+def _read_csv(f: IO[str], path: Path) -> Iterator[dict]:
+    reader = csv.reader(f)
+    header = next(reader, None)
+    if header != CSV_HEADER:
+        raise DataError(f"{path} does not have nima's CSV header")
+    for n, row in enumerate(reader, 2):
+        if len(row) != len(CSV_HEADER):
+            raise DataError(f"{path} line {n} has {len(row)} columns, expected {len(CSV_HEADER)}")
+        rec = dict(zip(CSV_HEADER, row))
+        out: dict = {"image_id": rec["image_id"], "image": rec["image"]}
+        if rec["error"]:
+            out["error"] = rec["error"]
+        else:
+            try:
+                out["predictions"] = [float(rec[f"p{i}"]) for i in range(1, scores.N_BINS + 1)]
+                out["mean_score_prediction"] = float(rec["mean_score_prediction"])
+                out["sd_score_prediction"] = float(rec["sd_score_prediction"])
+            except ValueError:
+                raise DataError(f"{path} line {n} has a non-numeric score") from None
+        yield out
+
+
+def validate_result(r: dict, where: str) -> None:
+    """A result must name its image and carry either an error or a valid distribution."""
+    if not isinstance(r.get("image"), str) or not isinstance(r.get("image_id"), str):
+        raise DataError(f"{where}: result without 'image' and 'image_id'")
+    if "error" in r:
+        return
+    p = r.get("predictions")
+    ok = isinstance(p, list) and len(p) == scores.N_BINS and all(
+        isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in p)
+    if not ok or abs(sum(p) - 1.0) > 1e-3:
+        raise DataError(f"{where}: 'predictions' of {r['image']} is not a 10-bin distribution")
+    for k in ("mean_score_prediction", "sd_score_prediction"):
+        if not isinstance(r.get(k), (int, float)) or not math.isfinite(r[k]):
+            raise DataError(f"{where}: {k} of {r['image']} is missing or not a number")
+
+
+# --- normalisation ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Normalization:
+    """Min-max rescaling of the run's mean scores to [lo, hi] (needs every mean: two passes)."""
+
+    method: str = "minmax"
+    lo: float = 1.0
+    hi: float = 10.0
+
+    def fit(self, results: Iterable[dict]) -> dict:
+        means = (r["mean_score_prediction"] for r in results if "error" not in r)
+        lo = hi = None
+        for m in means:
+            lo = m if lo is None or m < lo else lo
+            hi = m if hi is None or m > hi else hi
+        return {"method": self.method, "range": [self.lo, self.hi], "min": lo, "max": hi}
+
+    def apply(self, r: dict, fitted: dict) -> dict:
+        if "error" in r:
+            return r
+        lo, hi = fitted["min"], fitted["max"]
+        m = r["mean_score_prediction"]
+        scaled = (self.lo + self.hi) / 2 if hi == lo else \
+            self.lo + (m - lo) / (hi - lo) * (self.hi - self.lo)
+        return {**r, "mean_score_prediction": round(scaled, 6), "mean_score_raw": m}
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+def partial_path(predictions_file: Path) -> Path:
+    return predictions_file.with_name(predictions_file.name + PARTIAL_SUFFIX)
+
+
+def meta_path(predictions_file: Path) -> Path:
+    return predictions_file.with_name(predictions_file.name + META_SUFFIX)
+
+
+def _read_partial(path: Path) -> tuple[set[str], int, int]:
+    """Scored images of an interrupted run; cuts a half-written last line (kill -9) off."""
+    done: set[str] = set()
+    failed = 0
+    good_end = 0
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                r = json.loads(line)
+                done.add(r["image"])
+            except (ValueError, KeyError, TypeError):
+                break
+            failed += "error" in r
+            good_end += len(line)
+    if good_end != path.stat().st_size:
+        log.warning("%s ends with a half-written line; dropping it", path)
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+    return done, len(done), failed
+
+
+def _write_final(partial: Path, predictions_file: Path | None, fmt: str,
+                 normalization: Normalization | None) -> tuple[dict | None, int, int]:
+    fitted = normalization.fit(read_results(partial, "jsonl")) if normalization else None
+    with ResultWriter(predictions_file, fmt) as writer:
+        for r in read_results(partial, "jsonl"):
+            writer.write(normalization.apply(r, fitted) if normalization else r)
+    return fitted, writer.count, writer.failed
+
+
 def predict(
     image_source: str | Path,
-    model: str | Path | None = None,
+    model: str | Path | None | Sequence[str | Path | None] = None,
     *,
     config_file: str | Path | None = None,
     predictions_file: str | Path | None = None,
     fmt: str = "json",
     batch_size: int = 32,
+    backend: str = "auto",
+    num_shards: int = 1,
+    shard_index: int = 0,
+    resume: bool = False,
+    normalize: str | None = None,
+    norm_range: tuple[float, float] = (1.0, 10.0),
+    workers: int | None = None,
 ) -> tuple[int, int]:
-    """Score a file or folder; returns (images scored, images failed)."""
+    """Score a file or folder; returns (images in the output, images failed)."""
+    started = time.time()
     source = Path(image_source)
+    if fmt not in FORMATS:
+        raise NimaError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise NimaError(f"--shard-index must be in 0..{num_shards - 1} and --num-shards >= 1")
+    if batch_size < 1:
+        raise NimaError("--batch-size must be at least 1")
+    if normalize is not None and normalize not in NORMALIZE:
+        raise NimaError(f"unknown normalisation {normalize!r}; choose {', '.join(NORMALIZE)}")
+    if normalize and not norm_range[0] < norm_range[1]:
+        raise NimaError("--range LO HI needs LO < HI")
+    if resume and predictions_file is None:
+        raise NimaError("--resume needs --predictions-file (the partial results live beside it)")
     if not source.exists():
         raise NimaError(f"image source not found: {source}")
-    paths = images.iter_image_files(source)
     root = source if source.is_dir() else source.parent
-    predictor = Predictor.load(model, config_file)
-    with ResultWriter(predictions_file, fmt) as writer:
-        for result in predictor.score_files(paths, root, batch_size):
-            writer.write(result)
-    log.info("%d images, %d failed%s", writer.count, writer.failed,
+    sources = list(model) if isinstance(model, (list, tuple)) else [model]
+    predictors = [Predictor.load(m, config_file, backend) for m in sources]
+    ensemble = Ensemble(predictors)
+    normalization = Normalization(normalize, *norm_range) if normalize else None
+
+    paths: Iterable[Path] = images.iter_image_files(source)
+    if num_shards > 1:
+        paths = (p for p in paths if shard_of(_relative(p, root), num_shards) == shard_index)
+
+    # Straight to stdout: nothing to resume or normalise, stream as we go.
+    if predictions_file is None and normalization is None:
+        with ResultWriter(None, fmt) as writer:
+            for result in ensemble.score_files(paths, root, batch_size, workers):
+                writer.write(result)
+        _log_done(writer.count, writer.failed, started, None)
+        return writer.count, writer.failed
+
+    tmpdir = None
+    if predictions_file is None:
+        tmpdir = tempfile.TemporaryDirectory(prefix="nima-predict-")
+        partial = Path(tmpdir.name) / "results.jsonl"
+    else:
+        predictions_file = Path(predictions_file)
+        partial = partial_path(predictions_file)
+    resumed = 0
+    if resume and partial.is_file():
+        done, resumed, _ = _read_partial(partial)
+        log.info("resuming: %d images already scored in %s", resumed, partial)
+        paths = (p for p in paths if _relative(p, root) not in done)
+    elif partial.exists():
+        log.warning("discarding the partial results of an earlier run (%s); use --resume to "
+                    "continue it instead", partial)
+    try:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        out = open(partial, "ab" if resume else "wb")
+    except OSError as e:
+        raise files.WriteError(f"cannot write {partial}: {e.strerror or e}") from None
+    new = 0
+    with out:
+        buf = io.BytesIO()
+        for result in ensemble.score_files(paths, root, batch_size, workers):
+            buf.write(json.dumps(result, ensure_ascii=False).encode("utf-8") + b"\n")
+            new += 1
+            if new % batch_size == 0:  # one write per batch: whole lines reach the file
+                out.write(buf.getvalue())
+                out.flush()
+                buf = io.BytesIO()
+        out.write(buf.getvalue())
+        out.flush()
+        os.fsync(out.fileno())
+    try:
+        fitted, count, failed = _write_final(partial, predictions_file, fmt, normalization)
+        elapsed = time.time() - started
+        if predictions_file is not None:
+            files.write_json(meta_path(predictions_file), {
+                "predictions_file": str(predictions_file), "format": fmt,
+                "image_source": str(source),
+                "models": [p.info for p in predictors],
+                "backend": [p.backend for p in predictors],
+                "ensemble": "mean of distributions" if len(predictors) > 1 else None,
+                "normalization": fitted,
+                "shard": {"index": shard_index, "count": num_shards},
+                "count": count, "failed": failed, "scored_this_run": new,
+                "resumed_from_partial": resumed,
+                "seconds": round(elapsed, 3),
+                "images_per_second": round(new / elapsed, 2) if elapsed > 0 else None,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            })
+            partial.unlink()
+    finally:
+        if tmpdir is not None:
+            tmpdir.cleanup()
+    _log_done(count, failed, started, predictions_file)
+    return count, failed
+
+
+def _log_done(count: int, failed: int, started: float, predictions_file) -> None:
+    elapsed = time.time() - started
+    log.info("%d images, %d failed, %.1f s (%.1f img/s)%s", count, failed, elapsed,
+             count / elapsed if elapsed > 0 else 0.0,
              f"; results in {predictions_file}" if predictions_file else "")
+
+
+# --- merge --------------------------------------------------------------------------------------
+
+def merge(output: str | Path, parts: Sequence[str | Path], fmt: str | None = None) -> tuple[int, int]:
+    """Join predictions files (any format) into one, de-duplicated by image path.
+
+    Every record is validated. When an image appears more than once, the first successful
+    result wins (an error result only when no part scored it). Two streamed passes; memory
+    holds only the set of image paths. Returns (images written, failed).
+    """
+    output = Path(output)
+    fmt = fmt or _format_of(output)
+    if not parts:
+        raise NimaError("merge needs at least one part")
+    for part in parts:
+        if not Path(part).is_file():
+            raise DataError(f"part not found: {part}")
+    scored: set[str] = set()
+    total = 0
+    for part in parts:
+        for n, r in enumerate(read_results(part), 1):
+            validate_result(r, f"{part} result {n}")
+            total += 1
+            if "error" not in r:
+                scored.add(r["image"])
+    written: set[str] = set()
+    with ResultWriter(output, fmt) as writer:
+        for part in parts:
+            for r in read_results(part):
+                key = r["image"]
+                if key in written or ("error" in r and key in scored):
+                    continue
+                written.add(key)
+                writer.write(r)
+    log.info("merged %d parts: %d results, %d unique images, %d failed -> %s",
+             len(parts), total, writer.count, writer.failed, output)
+    files.write_json(meta_path(output), {
+        "predictions_file": str(output), "format": fmt, "merged_from": [str(p) for p in parts],
+        "count": writer.count, "failed": writer.failed, "duplicates_dropped": total - writer.count,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     return writer.count, writer.failed

@@ -1,0 +1,265 @@
+"""Fast prediction: TFLite equals Keras, sharding, streaming formats, merge, resume after
+kill -9, ensembles, normalisation. Tiny MobileNets (alpha 0.25, 32/48 px, no weights)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_images, tiny_config
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Two tiny saved models (32 px MobileNet, 48 px MobileNetV2) and a conversion cache."""
+    import keras
+
+    from nima.config import Config
+    from nima.model import build_model
+
+    root = tmp_path_factory.mktemp("fast")
+    os.environ["NIMA_CACHE_DIR"] = str(root / "cache")
+    models = {}
+    for name, cfg in {"a": tiny_config(), "b": tiny_config(base_model_name="MobileNetV2",
+                                                           base_model_args={"alpha": 0.35},
+                                                           input_size=48, resize_size=56)}.items():
+        d = root / name
+        d.mkdir()
+        model = build_model(Config(**cfg))
+        # Random init collapses every input to one output; batch-norm statistics taken from
+        # one batch of noise make the outputs depend on the image, so comparisons mean something.
+        for layer in model.layers[2].layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = 0.0
+        size = cfg["input_size"]
+        noise = np.random.default_rng(0).uniform(0, 255, (16, size, size, 3)).astype("float32")
+        model(noise, training=True)
+        model.save(d / "model.keras")
+        (d / "metadata.json").write_text(json.dumps({"description": f"model {name}"}))
+        models[name] = d / "model.keras"
+    yield root, models
+    os.environ.pop("NIMA_CACHE_DIR", None)
+
+
+def real_images(directory: Path) -> Path:
+    """Real photographs (scikit-learn's samples), cropped and resized, plus generated ones."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, photo in enumerate(load_sample_images().images):
+        for j, (y, x) in enumerate([(0, 0), (100, 200), (200, 50)]):
+            crop = Image.fromarray(photo[y:y + 220, x:x + 300])
+            crop.resize((150 + 20 * j, 100 + 10 * j)).save(directory / f"photo{i}{j}.jpg",
+                                                          quality=90)
+    make_images(directory / "sub", 10, size=(40, 56))
+    return directory
+
+
+def load_results(path: Path) -> list[dict]:
+    from nima.predict import read_results
+
+    return list(read_results(path))
+
+
+def test_tflite_equals_keras_on_real_images(env, tmp_path):
+    from nima import images
+    from nima.predict import Predictor, runtime
+
+    _, models = env
+    folder = real_images(tmp_path / "img")
+    keras_p = Predictor.load(models["a"], backend="keras")
+    lite_p = Predictor.load(models["a"], backend="tflite")
+    assert (keras_p.backend, lite_p.backend) == ("keras", "tflite")
+    assert lite_p.input_size == keras_p.input_size == 32
+    paths = sorted(images.iter_image_files(folder))
+    batch = np.stack([images.load_image(p, 32) for p in paths])
+    k, t = keras_p.predict_arrays(batch), lite_p.predict_arrays(batch)
+    assert k.shape == t.shape == (len(paths), 10) and t.dtype == np.float64
+    assert np.abs(k - t).max() < 1e-4
+    assert k.std(axis=0).max() > 0.01  # the outputs depend on the image
+    assert np.abs(t[:3] - lite_p.predict_arrays(batch[:3].astype(np.float32))).max() < 1e-6
+    # score_files (threaded decode, batches of 4 with a ragged end) agrees with both.
+    res = list(lite_p.score_files(paths, folder, batch_size=4))
+    assert [r["image"] for r in res] == [str(p.relative_to(folder)) for p in paths]
+    assert np.abs(np.array([r["predictions"] for r in res]) - k).max() < 1e-4
+    # The conversion is cached by the model file's hash: a second load reuses it.
+    cached = list(runtime.cache_dir().glob("*.tflite"))
+    assert len(cached) == 1
+    mtime = cached[0].stat().st_mtime_ns
+    Predictor.load(models["a"], backend="tflite")
+    assert cached[0].stat().st_mtime_ns == mtime
+
+
+def test_shards_score_every_image_once_and_merge(env, tmp_path):
+    from nima.predict import merge, predict
+
+    _, models = env
+    folder = tmp_path / "img"
+    make_images(folder / "x", 13)
+    make_images(folder / "y", 12, seed=1)
+    (folder / "y" / "broken.jpg").write_bytes(b"not a jpeg")
+    full = tmp_path / "full.jsonl"
+    predict(folder, models["a"], predictions_file=full, fmt="jsonl", backend="tflite",
+            batch_size=5)
+    parts, counts = [], []
+    for i, fmt in enumerate(["json", "jsonl", "csv"]):
+        part = tmp_path / f"part{i}.{fmt}"
+        counts.append(predict(folder, models["a"], predictions_file=part, fmt=fmt,
+                              backend="tflite", num_shards=3, shard_index=i, batch_size=4)[0])
+        parts.append(part)
+    assert sum(counts) == 26 and all(counts)
+    shard_images = [r["image"] for p in parts for r in load_results(p)]
+    assert sorted(shard_images) == sorted(r["image"] for r in load_results(full))
+    assert len(set(shard_images)) == 26
+    # merge: any formats, overlapping parts are de-duplicated, scores survive every format.
+    merged = tmp_path / "merged.json"
+    assert merge(merged, [*parts, full]) == (26, 1)
+    got = {r["image"]: r for r in json.loads(merged.read_text())}
+    want = {r["image"]: r for r in load_results(full)}
+    assert got.keys() == want.keys()
+    for k, r in want.items():
+        if "error" in r:
+            assert "error" in got[k]
+        else:
+            assert np.allclose(got[k]["predictions"], r["predictions"], atol=1e-6)
+    assert json.loads((tmp_path / "merged.json.meta.json").read_text())["duplicates_dropped"] == 26
+
+
+def test_merge_prefers_a_score_over_an_error_and_validates(tmp_path):
+    from nima.errors import DataError
+    from nima.predict import merge
+
+    ok = {"image_id": "a", "image": "a.jpg", "predictions": [0.1] * 10,
+          "mean_score_prediction": 5.5, "sd_score_prediction": 2.87}
+    (tmp_path / "p1.jsonl").write_text(json.dumps({"image_id": "a", "image": "a.jpg",
+                                                   "error": "x"}) + "\n")
+    (tmp_path / "p2.json").write_text(json.dumps([ok], indent=1))  # not our layout: parsed whole
+    assert merge(tmp_path / "m.jsonl", [tmp_path / "p1.jsonl", tmp_path / "p2.json"]) == (1, 0)
+    assert load_results(tmp_path / "m.jsonl") == [ok]
+    (tmp_path / "bad.jsonl").write_text(json.dumps({**ok, "predictions": [0.5] * 10}) + "\n")
+    with pytest.raises(DataError, match="not a 10-bin distribution"):
+        merge(tmp_path / "m2.json", [tmp_path / "bad.jsonl"])
+    assert not (tmp_path / "m2.json").exists()
+    (tmp_path / "cut.json").write_text("[\n" + json.dumps(ok) + ",\n")
+    with pytest.raises(DataError, match="truncated"):
+        merge(tmp_path / "m3.json", [tmp_path / "cut.json"])
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl", "csv"])
+def test_empty_folder_gives_a_valid_file(env, tmp_path, fmt):
+    from nima.predict import predict
+
+    _, models = env
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / f"out.{fmt}"
+    assert predict(tmp_path / "empty", models["a"], predictions_file=out, fmt=fmt,
+                   backend="tflite") == (0, 0)
+    text = out.read_text()
+    if fmt == "json":
+        assert json.loads(text) == []
+    elif fmt == "jsonl":
+        assert text == ""
+    else:
+        assert list(csv.reader(text.splitlines()))[0][:2] == ["image_id", "image"]
+    meta = json.loads((tmp_path / f"out.{fmt}.meta.json").read_text())
+    assert meta["count"] == 0 and meta["backend"] == ["tflite"]
+    assert not (tmp_path / f"out.{fmt}.partial").exists()
+
+
+def test_resume_after_sigkill(env, tmp_path):
+    root, models = env
+    folder = tmp_path / "img"
+    make_images(folder, 600, size=(120, 160))
+    out = tmp_path / "out.json"
+    partial = tmp_path / "out.json.partial"
+    cmd = [sys.executable, "-m", "nima", "predict", "--image-source", str(folder),
+           "--model", str(models["a"]), "--predictions-file", str(out), "--backend", "tflite",
+           "--batch-size", "4", "--workers", "1"]
+    env_vars = dict(os.environ, NIMA_CACHE_DIR=str(root / "cache"))
+    proc = subprocess.Popen(cmd, env=env_vars, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if partial.exists() and partial.stat().st_size > 0:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists(), "the run finished before it could be killed"
+    done = len(partial.read_bytes().splitlines())
+    assert 0 < done < 600
+    r = subprocess.run(cmd + ["--resume"], env=env_vars, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr
+    results = json.loads(out.read_text())
+    assert sorted(x["image"] for x in results) == sorted(p.name for p in folder.iterdir())
+    assert not partial.exists()
+    meta = json.loads((tmp_path / "out.json.meta.json").read_text())
+    assert meta["resumed_from_partial"] >= done - 4 and meta["count"] == 600
+    assert meta["scored_this_run"] == 600 - meta["resumed_from_partial"]
+
+
+def test_ensemble_averages_models_at_their_own_sizes(env, tmp_path):
+    from nima import images
+    from nima.predict import Predictor, predict
+
+    _, models = env
+    folder = tmp_path / "img"
+    make_images(folder, 6)
+    out = tmp_path / "out.jsonl"
+    predict(folder, [models["a"], models["b"]], predictions_file=out, fmt="jsonl",
+            backend="tflite")
+    got = np.array([r["predictions"] for r in load_results(out)])
+    paths = sorted(folder.iterdir())
+    want = []
+    for m, size in ((models["a"], 32), (models["b"], 48)):
+        p = Predictor.load(m, backend="keras")
+        want.append(p.predict_arrays(np.stack([images.load_image(x, size) for x in paths])))
+    assert np.abs(got - np.mean(want, axis=0)).max() < 1e-4
+    assert np.abs(want[0] - want[1]).max() > 1e-3  # the average differs from either model
+    meta = json.loads((tmp_path / "out.jsonl.meta.json").read_text())
+    assert [m["description"] for m in meta["models"]] == ["model a", "model b"]
+    assert meta["ensemble"] and meta["count"] == 6
+
+
+def test_normalize_minmax(env, tmp_path):
+    from nima.predict import predict
+
+    _, models = env
+    folder = tmp_path / "img"
+    make_images(folder, 9)
+    out = tmp_path / "out.csv"
+    predict(folder, models["a"], predictions_file=out, fmt="csv", backend="tflite")
+    raw = {r["image"]: r["mean_score_prediction"] for r in load_results(out)}
+    out2 = tmp_path / "norm.json"
+    predict(folder, models["a"], predictions_file=out2, backend="tflite", normalize="minmax",
+            norm_range=(0.0, 100.0), batch_size=4)
+    res = json.loads(out2.read_text())
+    means = np.array([r["mean_score_prediction"] for r in res])
+    raws = np.array([raw[r["image"]] for r in res])
+    assert means.min() == pytest.approx(0, abs=1e-4) and means.max() == pytest.approx(100, abs=1e-4)
+    want = (raws - raws.min()) / (raws.max() - raws.min()) * 100
+    assert np.abs(means - want).max() < 0.05  # csv rounding of the raw means
+    meta = json.loads((tmp_path / "norm.json.meta.json").read_text())
+    assert meta["normalization"]["range"] == [0.0, 100.0]
+    assert meta["normalization"]["min"] == pytest.approx(raws.min(), abs=1e-5)
+
+
+def test_cli_errors_are_one_line(env, tmp_path):
+    from nima.cli import main
+
+    _, models = env
+    make_images(tmp_path / "img", 2)
+    args = ["predict", "--image-source", str(tmp_path / "img"), "--model", str(models["a"])]
+    assert main([*args, "--num-shards", "2", "--shard-index", "2"]) == 1
+    assert main([*args, "--resume"]) == 1
+    assert main(["merge", str(tmp_path / "m.json"), str(tmp_path / "missing.json")]) == 1
