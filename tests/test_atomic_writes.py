@@ -104,10 +104,6 @@ def test_config_save(full_disk):
     _unchanged(full_disk)
 
 
-@pytest.mark.xfail(strict=True, reason="predict.py bug (not this branch's file): ResultWriter "
-                   "writes to the atomic_open stream outside atomic_open's try, so ENOSPC is a "
-                   "raw OSError with a traceback, not WriteError (previous file and cleanup are "
-                   "fine)")
 def test_predict_cli_on_full_disk(full_disk, tmp_path):
     """`nima predict --predictions-file` on a full disk: one error line, old results kept."""
     import keras
@@ -123,7 +119,8 @@ def test_predict_cli_on_full_disk(full_disk, tmp_path):
                        capture_output=True, text=True, env=ENV, timeout=300)
     leftovers = sorted(p.name for p in full_disk.iterdir())
     assert (full_disk / "results.json").read_text() == PREVIOUS
-    assert leftovers == ["filler", "results.json"], leftovers
+    # The streamed partial results stay for --resume once space is freed; no temp file is left.
+    assert leftovers in (["filler", "results.json"], ["filler", "results.json", "results.json.partial"]), leftovers
     assert r.returncode == 1, r.stderr[-2000:]
     assert "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "nima predict: error: cannot write" in r.stderr and "disk full" in r.stderr

@@ -168,9 +168,6 @@ def test_predict_cli_scores_good_files_reports_bad_ones_exit_3(utf8_corpus, tiny
             assert got.get("error") and "mean_score_prediction" not in got, (name, got)
 
 
-@pytest.mark.xfail(strict=True, reason="predict.py bug (not this branch's file): ResultWriter "
-                   "writes json.dumps(ensure_ascii=False) of a surrogate-escaped file name to a "
-                   "strict UTF-8 stream -> UnicodeEncodeError, traceback, every result lost")
 def test_predict_cli_non_utf8_file_name(tmp_path, tiny_model):
     src = tmp_path / "images"
     make_images(src, 1)

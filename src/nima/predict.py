@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -307,6 +309,10 @@ CSV_HEADER = ["image_id", "image", "mean_score_prediction", "sd_score_prediction
               *[f"p{i}" for i in range(1, scores.N_BINS + 1)], "error"]
 
 
+class _Aborted(Exception):
+    pass
+
+
 class ResultWriter:
     """Streams results to a file (atomic: appears complete or not at all) or to stdout."""
 
@@ -314,7 +320,9 @@ class ResultWriter:
         if fmt not in FORMATS:
             raise NimaError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
         self.path, self.fmt, self.count, self.failed = path, fmt, 0, 0
-        self._ctx = files.atomic_open(path, "w", encoding="utf-8", newline="") if path else None
+        # surrogateescape: a CSV keeps the raw bytes of a file name that is not valid UTF-8.
+        self._ctx = (files.atomic_open(path, "w", encoding="utf-8", errors="surrogateescape",
+                                       newline="") if path else None)
         self._out: IO[str] = self._ctx.__enter__() if self._ctx else sys.stdout
         self._csv = None
         if fmt == "json":
@@ -332,7 +340,7 @@ class ResultWriter:
                                 result.get("sd_score_prediction", ""), *p,
                                 result.get("error", "")])
         else:
-            line = json.dumps(result, ensure_ascii=False)
+            line = json.dumps(result)  # ASCII: non-UTF-8 file names survive as \\udcXX
             if self.fmt == "json":
                 line = ("\n" if self.count == 0 else ",\n") + line
             else:
@@ -341,14 +349,18 @@ class ResultWriter:
         self.count += 1
 
     def close(self, ok: bool = True) -> None:
-        if self.fmt == "json":
-            self._out.write("\n]\n" if self.count else "]\n")
-        self._out.flush()
-        if self._ctx is not None:
+        try:
             if ok:
-                self._ctx.__exit__(None, None, None)
-            else:  # an interrupted run leaves no partial file behind
-                self._ctx.__exit__(KeyboardInterrupt, KeyboardInterrupt(), None)
+                if self.fmt == "json":
+                    self._out.write("\n]\n" if self.count else "]\n")
+                self._out.flush()
+        finally:
+            if self._ctx is not None:
+                if ok:
+                    self._ctx.__exit__(None, None, None)
+                else:  # an interrupted or failed run leaves no half file behind
+                    with contextlib.suppress(Exception):
+                        self._ctx.__exit__(_Aborted, _Aborted(), None)
 
     def __enter__(self) -> "ResultWriter":
         return self
@@ -612,20 +624,27 @@ def predict(
     except OSError as e:
         raise files.WriteError(f"cannot write {partial}: {e.strerror or e}") from None
     new = 0
-    with out:
-        buf = io.BytesIO()
-        for result in ensemble.score_files(paths, root, batch_size, workers):
-            buf.write(json.dumps(result, ensure_ascii=False).encode("utf-8") + b"\n")
-            new += 1
-            if new % batch_size == 0:  # one write per batch: whole lines reach the file
-                out.write(buf.getvalue())
-                out.flush()
-                buf = io.BytesIO()
-        out.write(buf.getvalue())
-        out.flush()
-        os.fsync(out.fileno())
     try:
+        with out:
+            buf = io.BytesIO()
+            for result in ensemble.score_files(paths, root, batch_size, workers):
+                buf.write(json.dumps(result).encode("ascii") + b"\n")
+                new += 1
+                if new % batch_size == 0:  # one write per batch: whole lines reach the file
+                    out.write(buf.getvalue())
+                    out.flush()
+                    buf = io.BytesIO()
+            out.write(buf.getvalue())
+            out.flush()
+            os.fsync(out.fileno())
         fitted, count, failed = _write_final(partial, predictions_file, fmt, normalization)
+    except OSError as e:
+        why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise files.WriteError(
+            f"cannot write {predictions_file or partial}: {why}; the previous file is unchanged"
+            + (f", results so far are in {partial} (rerun with --resume)" if tmpdir is None
+               else "")) from None
+    try:
         elapsed = time.time() - started
         if predictions_file is not None:
             files.write_json(meta_path(predictions_file), {
