@@ -139,12 +139,13 @@ class NimaModel:
         return out
 
 
-def load(source: str | os.PathLike | None = None, config_file: str | os.PathLike | None = None
-         ) -> NimaModel:
+def load(source: str | os.PathLike | None = None, config_file: str | os.PathLike | None = None,
+         backend: str = "auto") -> NimaModel:
     """Load a model: None = the shipped default (`nima.predict.default_model_path()`), or a
     `.keras` file, a training job / model directory, or a `.weights.h5` file (its config
-    from `config_file` or the config.json beside it)."""
-    predictor = Predictor.load(source, config_file)
+    from `config_file` or the config.json beside it). `backend` as in `nima predict`: "auto"
+    (the default, TFLite on CPU, Keras on a GPU) gives exactly the CLI's scores."""
+    predictor = Predictor.load(source, config_file, backend=backend)
     return NimaModel(predictor, _crop_source_size(predictor, config_file))
 
 

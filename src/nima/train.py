@@ -239,7 +239,6 @@ class EpochRecorder(keras.callbacks.Callback):
         improved = value < self.best
         if improved:
             self.best, self.best_epoch = float(value), epoch + 1
-        if improved:
             with files.atomic_path(self.job / "best.keras", suffix=".keras") as tmp:
                 self.model.save(tmp)
         ckpt = self.job / "checkpoint"
