@@ -84,6 +84,5 @@ def calibrate_file(model_file: str | Path, samples_file: str | Path, image_dir: 
     ds = pipeline.eval_dataset(paths, np.stack([found[i][0].label for i in order]),
                                input_size=model_input_size(model), batch_size=batch_size)
     n = recalibrate_batchnorm(model, (x[err == b""] for x, _, err in ds.as_numpy_iterator()))
-    with files.atomic_path(output_file, suffix=".keras") as tmp:
-        model.save(tmp)
+    files.save_keras(model, output_file)
     return n

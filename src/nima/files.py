@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+import numpy as np
+
 from nima.errors import NimaError
 
 
@@ -96,3 +98,33 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def _keras_bytes(model: Any) -> int:
+    """What a Keras save writes, roughly: every model and optimizer variable, plus slack."""
+    variables = list(model.weights)
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None:
+        variables += list(getattr(optimizer, "variables", []))
+    raw = sum(int(np.prod(v.shape)) * np.dtype(str(v.dtype)).itemsize for v in variables)
+    return int(raw * 1.1) + (1 << 20)
+
+
+def save_keras(model: Any, path: str | Path, weights_only: bool = False) -> None:
+    """Save a Keras model (`.keras`) or its weights (`.weights.h5`) atomically.
+
+    HDF5 does not survive running out of space mid-write: its library state is left broken
+    and the process crashes at exit. So the free space is checked first and a full disk is
+    the usual one-line WriteError before HDF5 writes a byte.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    needed = _keras_bytes(model)
+    st = os.statvfs(parent)
+    if st.f_bavail * st.f_frsize < needed:
+        raise WriteError(f"cannot write {path}: disk full (needs about {needed >> 20} MiB "
+                         f"free); the previous file is unchanged")
+    suffix = ".weights.h5" if weights_only else ".keras"
+    with atomic_path(path, suffix=suffix) as tmp:
+        (model.save_weights if weights_only else model.save)(tmp)

@@ -188,8 +188,7 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
                 log_dir=str(job / "logs"), write_graph=False, profile_batch=0)])
 
     # --- results ---------------------------------------------------------------------------
-    with files.atomic_path(job / "model.keras", suffix=".keras") as tmp:
-        model.save(tmp)
+    files.save_keras(model, job / "model.keras")
     seconds = time.monotonic() - t0 + (state or {}).get("seconds", 0.0)
     summary = {
         "n_samples": len(samples), "n_skipped": len(skipped), "n_train": len(train_set),
@@ -239,13 +238,11 @@ class EpochRecorder(keras.callbacks.Callback):
         improved = value < self.best
         if improved:
             self.best, self.best_epoch = float(value), epoch + 1
-            with files.atomic_path(self.job / "best.keras", suffix=".keras") as tmp:
-                self.model.save(tmp)
+            files.save_keras(self.model, self.job / "best.keras")
         ckpt = self.job / "checkpoint"
         ckpt.mkdir(exist_ok=True)
         weights = f"epoch-{epoch + 1:04d}.weights.h5"
-        with files.atomic_path(ckpt / weights, suffix=".weights.h5") as tmp:
-            self.model.save_weights(tmp)
+        files.save_keras(self.model, ckpt / weights, weights_only=True)
         files.write_json(ckpt / "state.json", {
             "epoch": epoch + 1, "phase": self.phase, "weights": weights, "monitor": self.monitor,
             "best": self.best, "best_epoch": self.best_epoch,
