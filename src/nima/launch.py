@@ -348,6 +348,17 @@ def _exit_message(code: int, state: dict) -> str | None:
     return None
 
 
+def copy_stream(stream) -> None:
+    """Relay a demuxed (stdout, stderr) container stream to ours as it arrives."""
+    for out, err in stream:
+        if out:
+            sys.stdout.buffer.write(out)
+            sys.stdout.flush()
+        if err:
+            sys.stderr.buffer.write(err)
+            sys.stderr.flush()
+
+
 def run_container(client: "docker.DockerClient", image: str, spec: RunSpec, gpu: bool = False,
                   network: str | None = None, detach: bool = False,
                   user: str | None = None) -> tuple[int, "docker.models.containers.Container"]:
@@ -386,13 +397,7 @@ def run_container(client: "docker.DockerClient", image: str, spec: RunSpec, gpu:
         return 0, container
     try:
         try:
-            for out, err in stream:
-                if out:
-                    sys.stdout.buffer.write(out)
-                    sys.stdout.flush()
-                if err:
-                    sys.stderr.buffer.write(err)
-                    sys.stderr.flush()
+            copy_stream(stream)
             code = container.wait()["StatusCode"]
         except KeyboardInterrupt:
             _interrupt(container)

@@ -211,14 +211,8 @@ def follow(client, job: str) -> int | None:
         if container.status in ("exited", "dead", "created"):
             sys.stderr.buffer.write(container.logs(stdout=True, stderr=True))
         else:
-            for out, err in client.api.attach(container.id, stdout=True, stderr=True,
-                                              stream=True, logs=True, demux=True):
-                if out:
-                    sys.stdout.buffer.write(out)
-                    sys.stdout.flush()
-                if err:
-                    sys.stderr.buffer.write(err)
-                    sys.stderr.flush()
+            launch.copy_stream(client.api.attach(container.id, stdout=True, stderr=True,
+                                                 stream=True, logs=True, demux=True))
         code = container.wait()["StatusCode"]
     except KeyboardInterrupt:
         say(f"stopped following; job {job} keeps running on the remote machine")
