@@ -19,14 +19,14 @@ def test_training_learns_brightness_score(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps(rows[:240]))
     (tmp_path / "test.json").write_text(json.dumps(rows[240:]))
     config = Config.from_dict(tiny_config(
-        input_size=32, resize_size=36, batch_size=16, epochs_train_dense=2, epochs_train_all=8,
-        learning_rate_dense=3e-3, learning_rate_all=2e-3, dropout_rate=0.1, batchnorm_momentum=0.9,
+        input_size=32, resize_size=36, batch_size=16, epochs_train_dense=2, epochs_train_all=14,
+        learning_rate_dense=3e-3, learning_rate_all=2e-3, dropout_rate=0.1, batchnorm_momentum=0.8,
         validation_fraction=0.1))
     job = train.train(config, tmp_path / "train.json", tmp_path / "images", tmp_path / "job")
 
     history = json.loads((job / "history.json").read_text())
-    assert [r["epoch"] for r in history] == list(range(1, 11))
-    assert [r["phase"] for r in history] == ["dense"] * 2 + ["all"] * 8
+    assert [r["epoch"] for r in history] == list(range(1, 17))
+    assert [r["phase"] for r in history] == ["dense"] * 2 + ["all"] * 14
     assert history[-1]["loss"] < history[0]["loss"]
 
     result = evaluate.evaluate(tmp_path / "test.json", image_dir=tmp_path / "images", model=job)
