@@ -21,11 +21,11 @@ def input_error(path: str | Path, lineno: int, message: str) -> DataError:
     return DataError(f"{path}:{lineno}: {message}")
 
 
-def read_lines(path: str | Path, what: str) -> Iterator[tuple[int, str]]:
-    """Yield (1-based line number, stripped line) for non-blank, non-comment lines."""
+def read_text(path: str | Path, what: str) -> str:
+    """A UTF-8 (optionally BOM-prefixed) text file; failures are one DataError naming `what`."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DataError(f"{what} not found: {path}") from None
     except IsADirectoryError:
@@ -34,6 +34,11 @@ def read_lines(path: str | Path, what: str) -> Iterator[tuple[int, str]]:
         raise DataError(f"{what} {path} is not UTF-8 text: {e.reason} at byte {e.start}") from None
     except OSError as e:
         raise DataError(f"cannot read {what} {path}: {e.strerror or e}") from None
+
+
+def read_lines(path: str | Path, what: str) -> Iterator[tuple[int, str]]:
+    """Yield (1-based line number, stripped line) for non-blank, non-comment lines."""
+    text = read_text(path, what)
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if line and not line.startswith("#"):

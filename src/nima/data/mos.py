@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from nima.data.distributions import maxent_distribution, normal_distribution, rescale
-from nima.data.labelfile import input_error, parse_number, write_label_rows
+from nima.data.labelfile import input_error, parse_number, read_text, write_label_rows
 from nima.errors import DataError
 from nima.images import is_image_file
 from nima.labels import validate_image_id
@@ -44,19 +44,6 @@ class MosRow:
     lineno: int
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"MOS file not found: {path}") from None
-    except IsADirectoryError:
-        raise DataError(f"MOS file is a directory: {path}") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"MOS file {path} is not UTF-8 text: {e.reason} at byte {e.start}") from None
-    except OSError as e:
-        raise DataError(f"cannot read MOS file {path}: {e.strerror or e}") from None
-
-
 def _header_columns(path: Path, header: Sequence[str]) -> dict[str, int]:
     names = [h.strip().lower() for h in header]
     cols: dict[str, int] = {}
@@ -74,7 +61,7 @@ def _header_columns(path: Path, header: Sequence[str]) -> dict[str, int]:
 
 def read_mos_csv(path: str | Path) -> list[MosRow]:
     path = Path(path)
-    text = _read_text(path)
+    text = read_text(path, "MOS file")
     first = next((ln for ln in text.splitlines() if ln.strip()), "")
     delimiter = max(",;\t", key=first.count) if any(c in first for c in ",;\t") else None
     if delimiter:
