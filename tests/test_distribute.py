@@ -129,8 +129,14 @@ def test_multi_worker_two_processes_end_with_identical_weights(tmp_path):
     assert len(chief_w) == len(worker_w) > 50
     for a, b in zip(chief_w, worker_w):
         np.testing.assert_array_equal(a, b)
-    # Losses are all-reduced: both workers logged the same history.
-    assert json.loads((scratch / "history.json").read_text()) == history
+    # Losses are all-reduced: both workers logged the same history (timings are their own).
+    timings = ("seconds", "train_seconds", "train_images_per_second")
+    assert [{k: v for k, v in row.items() if k not in timings}
+            for row in json.loads((scratch / "history.json").read_text())] == [
+        {k: v for k, v in row.items() if k not in timings} for row in history]
+    # Throughput counts the images of all workers: 2 steps of 8 images per epoch.
+    for row in history:
+        assert row["train_images_per_second"] * row["train_seconds"] == pytest.approx(16, rel=0.01)
 
 
 def test_mirrored_two_logical_cpus(tmp_path):
@@ -154,9 +160,20 @@ def test_mirrored_two_logical_cpus(tmp_path):
     assert summary["replicas"] == 2 and summary["global_batch_size"] == 8
     row = json.loads((job / "history.json").read_text())[0]
     assert np.isfinite(row["loss"]) and np.isfinite(row["val_loss"])
+    # 19 training images: 2 full global batches of 8 per epoch.
+    assert row["train_images_per_second"] * row["train_seconds"] == pytest.approx(16, rel=0.01)
+    assert 0 < row["train_seconds"] <= row["seconds"]
+    assert summary["train_images_per_second"] == {"dense": row["train_images_per_second"]}
 
 
-def test_mixed_precision_builds_and_trains_with_float32_outputs(tmp_path):
+def test_throughput_is_the_median_without_each_phase_first_epoch():
+    rows = [{"phase": "dense", "train_images_per_second": r} for r in (5.0, 100.0, 110.0, 90.0)]
+    rows += [{"phase": "all", "train_images_per_second": 40.0}]
+    assert train.throughput(rows) == {"dense": 100.0, "all": 40.0}
+    assert train.throughput([{"phase": "dense", "loss": 1.0}]) == {}
+
+
+def test_mixed_precision_builds_and_trains_with_float32_outputs(tmp_path, caplog):
     """mixed_float16 end to end on CPU (slow there; this checks correctness, not speed)."""
     import keras
 
@@ -165,10 +182,15 @@ def test_mixed_precision_builds_and_trains_with_float32_outputs(tmp_path):
 
     samples, images, cfg = _data(tmp_path, n=12, epochs_train_dense=1, epochs_train_all=0,
                                  mixed_precision=True, distribution="none")
-    job = train.train(Config.load(cfg), samples, images, tmp_path / "job")
+    with caplog.at_level("WARNING", logger="nima.train"):
+        job = train.train(Config.load(cfg), samples, images, tmp_path / "job")
+    assert "mixed_precision is on but no GPU is visible" in caplog.text
     assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
     row = json.loads((job / "history.json").read_text())[0]
     assert np.isfinite(row["loss"]) and np.isfinite(row["val_loss"])
+    # One replica: an epoch is one pass over the training images.
+    n_train = json.loads((job / "summary.json").read_text())["n_train"]
+    assert row["train_images_per_second"] * row["train_seconds"] == pytest.approx(n_train, rel=0.01)
     # compile() wrapped Adam in a LossScaleOptimizer, and the checkpoint holds its state.
     import h5py
 

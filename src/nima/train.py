@@ -141,6 +141,9 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
     global_batch = config.batch_size * strategy.num_replicas_in_sync
     inputs = distributed_datasets(strategy, config, train_set, val_set, global_batch)
     previous_policy = keras.mixed_precision.global_policy()
+    if config.mixed_precision and not tf.config.list_logical_devices("GPU"):
+        log.warning("mixed_precision is on but no GPU is visible: float16 on a CPU is slower "
+                    "than float32 (set \"mixed_precision\": false, as the *_cpu configs do)")
     if config.mixed_precision:
         # float16 compute, float32 variables; the softmax and the loss stay float32 (model.py,
         # EMDLoss) and compile() wraps the optimizer in a LossScaleOptimizer.
@@ -153,7 +156,10 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
     model.summary(print_fn=lambda line, **_: log.debug(line))
 
     # --- the two phases --------------------------------------------------------------------
-    recorder = EpochRecorder(job, state)
+    # Images per epoch over all replicas: fit() steps through `steps` global batches, or
+    # through one pass of the training set when it is not told the steps.
+    per_epoch = len(train_set) if inputs.steps is None else inputs.steps * global_batch
+    recorder = EpochRecorder(job, state, images_per_epoch=per_epoch)
     all_phases = phases(config)
     restore_index = [p.name for p in all_phases].index(state["phase"]) if state else -1
     for index, phase in enumerate(all_phases):
@@ -196,6 +202,7 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
         "best_epoch": recorder.best_epoch, "best_" + recorder.monitor: recorder.best,
         "training_seconds": round(seconds, 1),
         "replicas": strategy.num_replicas_in_sync, "global_batch_size": global_batch,
+        "train_images_per_second": throughput(recorder.rows),
     }
     files.write_json(job / "summary.json", summary)
     _barrier(strategy)
@@ -213,10 +220,12 @@ class EpochRecorder(keras.callbacks.Callback):
     state with epoch N+1's weights, or the resumed job would train one epoch twice).
     """
 
-    def __init__(self, job: Path, state: dict | None):
+    def __init__(self, job: Path, state: dict | None, images_per_epoch: int = 0):
         super().__init__()
         self.job = job
         self.phase = ""
+        self.images_per_epoch = images_per_epoch
+        self.t_epoch = self.t_train_end = 0.0
         self.rows: list[dict] = list((state or {}).get("history", []))
         self.best = (state or {}).get("best", float("inf"))
         self.best_epoch = (state or {}).get("best_epoch")
@@ -224,14 +233,28 @@ class EpochRecorder(keras.callbacks.Callback):
         self.epochs_done = (state or {}).get("epoch", 0)
         self.t_start = time.monotonic() - (state or {}).get("seconds", 0.0)
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t_epoch, self.t_train_end = time.monotonic(), 0.0
+
+    def on_test_begin(self, logs=None):
+        # Validation runs inside the epoch: the training steps end where it begins.
+        self.t_train_end = self.t_train_end or time.monotonic()
+
     def on_epoch_end(self, epoch, logs=None):
+        now = time.monotonic()
+        train_seconds = max((self.t_train_end or now) - self.t_epoch, 1e-6)
         logs = dict(logs or {})
         if "val_loss" not in logs:
             self.monitor = "loss"
         lr = self.model.optimizer.learning_rate
         row = {"epoch": epoch + 1, "phase": self.phase,
                **{k: float(v) for k, v in logs.items() if np.isscalar(v) or np.ndim(v) == 0},
-               "learning_rate": float(lr.numpy() if hasattr(lr, "numpy") else lr)}
+               "learning_rate": float(lr.numpy() if hasattr(lr, "numpy") else lr),
+               # Timings are this process's own (workers differ); the first epoch of a run
+               # includes tracing and compilation.
+               "seconds": round(now - self.t_epoch, 3),
+               "train_seconds": round(train_seconds, 3),
+               "train_images_per_second": round(self.images_per_epoch / train_seconds, 2)}
         self.rows.append(row)
         self.epochs_done = epoch + 1
         value = row.get(self.monitor, float("inf"))
@@ -253,6 +276,18 @@ class EpochRecorder(keras.callbacks.Callback):
         files.write_json(self.job / "history.json", self.rows)
         files.write_text(self.job / "history.csv", _csv(self.rows))
         plots.write_history_plot(self.job / "history.png", self.rows)  # never raises
+
+
+def throughput(rows: list[dict]) -> dict[str, float]:
+    """Training images per second of each phase: the median over its epochs, leaving out the
+    first epoch of a phase when there are more (it includes tracing and compilation)."""
+    result = {}
+    for name in dict.fromkeys(r["phase"] for r in rows):
+        rates = [r["train_images_per_second"] for r in rows
+                 if r["phase"] == name and "train_images_per_second" in r]
+        if rates:
+            result[name] = float(np.median(rates[1:] if len(rates) > 1 else rates))
+    return result
 
 
 def _csv(rows: list[dict]) -> str:
