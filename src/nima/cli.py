@@ -456,10 +456,43 @@ def _export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _import_keras2(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-keras2", help="turn Keras 2 NIMA weights (idealo's .hdf5) into a .keras model",
+        description="Read the HDF5 weights of a NIMA model trained with Keras 2 (idealo's "
+        "image-quality-assessment, e.g. weights_mobilenet_aesthetic_0.07.hdf5, and other "
+        "Keras NIMA repositories: base CNN, Dropout, Dense(10, softmax)) into this toolkit's "
+        "model, and save it as a .keras file that predict, evaluate, export and nima.load() "
+        "take. Every array's shape is checked against the base model.")
+    p.add_argument("--weights-file", type=Path, required=True, help="Keras 2 .hdf5/.h5 file")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--base-model-name", help="keras.applications name, e.g. MobileNet "
+                     "(default arguments and input size)")
+    how.add_argument("--config-file", type=Path,
+                     help="a config naming the base model, its arguments and input size")
+    p.add_argument("--output-file", type=Path, required=True, help="the .keras model to write")
+
+    def run(a: argparse.Namespace) -> int:
+        from nima import files, legacy
+        from nima.config import Config
+
+        if a.output_file.suffix != ".keras":
+            raise UsageError("--output-file must end in .keras")
+        config = (Config.load(a.config_file) if a.config_file
+                  else Config(base_model_name=a.base_model_name))
+        model = legacy.load_keras2_weights(a.weights_file, config)
+        files.save_keras(model, a.output_file)
+        print(a.output_file)
+        return EXIT_OK
+
+    p.set_defaults(run=run)
+
+
 # Subcommands in help order; other modules' commands are added here.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_train, _predict, _evaluate,
                                                                  _data, _report, _export,
-                                                                 _calibrate, _merge]
+                                                                 _calibrate, _merge,
+                                                                 _import_keras2]
 
 
 class UsageError(Exception):

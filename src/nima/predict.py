@@ -89,13 +89,17 @@ def _model_loader(path: Path, config_file: str | Path | None) -> tuple[Callable[
         return load, [path]
     cfg_path = Path(config_file) if config_file else path.parent / "config.json"
     if not cfg_path.is_file():
-        raise ModelError(f"weights file {path} needs its training config: --config-file")
+        raise ModelError(f"weights file {path} needs its training config (--config-file; for "
+                         "Keras 2 weights, any config of the same base model)")
 
     def build():
+        from nima import legacy
         from nima.config import Config
         from nima.model import build_model
 
         config = Config.load(cfg_path).replace(base_weights=None)
+        if legacy.is_keras2_weights(path):  # idealo's and other Keras 2 NIMA `.hdf5` files
+            return legacy.load_keras2_weights(path, config)
         model = build_model(config)
         try:
             model.load_weights(path)
