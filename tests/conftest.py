@@ -53,6 +53,20 @@ def tiny_config(**overrides) -> dict:
     return cfg
 
 
+def base_weights(model_file: Path) -> list[np.ndarray]:
+    """The base CNN's arrays of a saved NIMA model (for checks of where weights came from)."""
+    from nima.model import base_of, load_model
+
+    return [np.asarray(w) for w in base_of(load_model(model_file)).weights]
+
+
+def finetune_config(**overrides) -> dict:
+    """The shipped model's config, cut to one head-only epoch (its base stays as loaded)."""
+    cfg = json.loads((REPO / "models" / "default" / "config.json").read_text())
+    cfg.update(epochs_train_dense=1, epochs_train_all=0, batch_size=8, **overrides)
+    return cfg
+
+
 @pytest.fixture
 def dataset(tmp_path: Path):
     """(samples_file, image_dir, config_file) for 24 small generated images."""

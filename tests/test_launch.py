@@ -74,6 +74,36 @@ def test_plan_train_resume_maps_recorded_container_paths_back(inputs, tmp_path, 
     assert spec.binds[str(job)]["mode"] == "rw" and spec.binds[str(images)]["mode"] == "ro"
 
 
+def test_plan_train_mounts_the_init_model_read_only(inputs, tmp_path, monkeypatch):
+    samples, images, config = inputs
+    monkeypatch.chdir(tmp_path)
+    init = tmp_path / "weights_mobilenet_aesthetic_0.07.hdf5"
+    init.write_bytes(b"x")
+    args = ("train", "--config-file", str(config), "--samples-file", str(samples),
+            "--image-dir", str(images))
+    spec, _ = launch.plan_train(*_args(*args, "--init-model", str(init)))
+    assert spec.command[spec.command.index("--init-model") + 1] == f"/host{init}"
+    assert spec.binds[str(init)]["mode"] == "ro"
+    with pytest.raises(LaunchError, match="init model not found"):
+        launch.plan_train(*_args(*args, "--init-model", str(tmp_path / "nope.keras")))
+
+
+def test_plan_train_resume_mounts_the_recorded_init_model(inputs, tmp_path):
+    _, images, _ = inputs
+    init = tmp_path / "prev" / "best.keras"
+    init.parent.mkdir()
+    init.write_bytes(b"x")
+    job = tmp_path / "train_jobs" / "20260101-000000"
+    job.mkdir(parents=True)
+    (job / "config.json").write_text(json.dumps(tiny_config()))
+    (job / "job.json").write_text(json.dumps({"image_dir": container_path(images),
+                                              "init_model": container_path(init)}))
+    spec, _ = launch.plan_train(*_args("train", "--resume", str(job)))
+    assert spec.binds[str(init)]["mode"] == "ro"  # at the path job.json names, in the container
+    with pytest.raises(LaunchError, match="--init-model starts a new job"):
+        launch.plan_train(*_args("train", "--resume", str(job), "--init-model", str(init)))
+
+
 @pytest.mark.parametrize("broken, message", [
     ("samples", "samples file not found"),
     ("images", "image directory not found"),

@@ -32,19 +32,26 @@ def _train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--job-dir", type=Path, help="output folder (default: train_jobs/<timestamp>)")
     p.add_argument("--resume", type=Path, metavar="JOB_DIR",
                    help="continue a stopped job from its last completed epoch")
+    p.add_argument("--init-model", type=Path, metavar="MODEL",
+                   help="fine-tune a trained NIMA model of the config's base model: a .keras "
+                   "model, a job or model directory, or Keras 2 .hdf5 weights (idealo's); "
+                   "replaces the config's base_weights")
 
     def run(a: argparse.Namespace) -> int:
         from nima import train
         from nima.config import Config
 
         if a.resume:
+            if a.init_model:
+                raise UsageError("--init-model starts a new job; --resume continues one")
             train.resume(a.resume, a.image_dir)
             return EXIT_OK
         missing = [f"--{n.replace('_', '-')}" for n in ("config_file", "samples_file", "image_dir")
                    if getattr(a, n) is None]
         if missing:
             raise UsageError(f"train needs {', '.join(missing)} (or --resume JOB_DIR)")
-        train.train(Config.load(a.config_file), a.samples_file, a.image_dir, a.job_dir)
+        train.train(Config.load(a.config_file), a.samples_file, a.image_dir, a.job_dir,
+                    init_model=a.init_model)
         return EXIT_OK
 
     p.set_defaults(run=run)

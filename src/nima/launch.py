@@ -150,6 +150,9 @@ def _parser(command: str) -> argparse.ArgumentParser:
                        "(default: train_jobs/<timestamp>)")
         p.add_argument("--resume", type=Path, metavar="JOB_DIR",
                        help="continue a stopped or killed job")
+        p.add_argument("--init-model", type=Path, metavar="MODEL",
+                       help="fine-tune this NIMA model (.keras, job dir or Keras 2 .hdf5; "
+                       "mounted read-only)")
     else:
         p.add_argument("--image-source", type=Path, help="image file or folder (read-only)")
         p.add_argument("--weights-file", "--model", dest="weights_file", type=Path,
@@ -176,13 +179,20 @@ def plan_train(a: argparse.Namespace, rest: list[str]) -> tuple[RunSpec, Path]:
         job = _need_dir(a.resume, "job directory", writable=True)
         if not (job / "config.json").is_file() or not (job / "job.json").is_file():
             raise LaunchError(f"not a training job directory (no config.json/job.json): {job}")
+        if a.init_model is not None:
+            raise LaunchError("--init-model starts a new job; --resume continues one")
         try:
-            recorded = json.loads((job / "job.json").read_text())["image_dir"]
+            meta = json.loads((job / "job.json").read_text())
+            recorded = meta["image_dir"]
         except (ValueError, KeyError) as e:
             raise LaunchError(f"unreadable job.json in {job}: {e}") from None
         image_dir = _need_dir(a.image_dir or host_path(recorded), "image directory")
         spec.command += ["--resume", spec.mount(job, "rw"),
                          "--image-dir", spec.mount(image_dir)]
+        # A job killed before its first epoch ended starts over from its initial model.
+        init = host_path(meta["init_model"]) if meta.get("init_model") else None
+        if init is not None and init.exists():
+            spec.mount(init)
     else:
         missing = [f"--{n.replace('_', '-')}" for n in ("config_file", "samples_file", "image_dir")
                    if getattr(a, n) is None]
@@ -200,6 +210,10 @@ def plan_train(a: argparse.Namespace, rest: list[str]) -> tuple[RunSpec, Path]:
             job = new_job_dir()
         spec.command += ["--config-file", spec.mount(config), "--samples-file", spec.mount(samples),
                          "--image-dir", spec.mount(image_dir), "--job-dir", spec.mount(job, "rw")]
+        if a.init_model is not None:
+            if not a.init_model.exists():
+                raise LaunchError(f"init model not found: {a.init_model}")
+            spec.command += ["--init-model", spec.mount(a.init_model)]
     spec.command += rest
     spec.name = f"nima-train-{re.sub(r'[^A-Za-z0-9_.-]', '_', job.name)}-{secrets.token_hex(2)}"
     spec.labels = {"nima.command": "train", "nima.job-dir": os.path.abspath(job)}

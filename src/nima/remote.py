@@ -103,10 +103,23 @@ def _helper(client, job: str, image: str, mounts: list | None = None):
         raise LaunchError(f"cannot create a helper container: {msg}") from None
 
 
+def init_model_file(path: Path) -> Path:
+    """The model file --init-model names: itself, or a job/model dir's best or last model."""
+    if path.is_dir():
+        for name in ("best.keras", "model.keras"):
+            if (path / name).is_file():
+                return path / name
+        raise LaunchError(f"no best.keras or model.keras in {path}")
+    if not path.is_file():
+        raise LaunchError(f"init model not found: {path}")
+    return path
+
+
 def upload_inputs(client, job: str, image: str, config: Path, samples: Path,
-                  image_dir: str) -> None:
-    """Put config.json and samples.json into the job volume, after checking that the remote
-    image folder exists (a bind mount of a missing path would silently create it)."""
+                  image_dir: str, init_model: Path | None = None) -> None:
+    """Put config.json, samples.json (and the initial model) into the job volume, after
+    checking that the remote image folder exists (a bind mount of a missing path would
+    silently create it)."""
     helper = _helper(client, job, image, [docker.types.Mount(
         IMAGES, image_dir, type="bind", read_only=True)])
     try:
@@ -117,7 +130,10 @@ def upload_inputs(client, job: str, image: str, config: Path, samples: Path,
                 info = tarfile.TarInfo(name)
                 info.type, info.mode, info.mtime = tarfile.DIRTYPE, mode, int(time.time())
                 tar.addfile(info)
-            for src, name in ((config, "input/config.json"), (samples, "input/samples.json")):
+            inputs = [(config, "input/config.json"), (samples, "input/samples.json")]
+            if init_model is not None:
+                inputs.append((init_model, f"input/init{init_model.suffix}"))
+            for src, name in inputs:
                 info = tar.gettarinfo(str(src), arcname=name)
                 info.uid = info.gid = 0
                 info.uname = info.gname = ""
@@ -254,6 +270,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config-file", type=Path, help="local config JSON (sent to the remote)")
     p.add_argument("--samples-file", type=Path, help="local label JSON (sent to the remote)")
     p.add_argument("--image-dir", help="image folder ON THE REMOTE MACHINE")
+    p.add_argument("--init-model", type=Path, metavar="MODEL",
+                   help="fine-tune this local NIMA model (.keras, job dir or Keras 2 .hdf5; "
+                   "sent to the remote)")
     p.add_argument("--gpu", action="store_true",
                    help="GPU image and all GPUs (default for *_gpu configs)")
     p.add_argument("--cpu", action="store_true", help="CPU image even for a *_gpu config")
@@ -323,6 +342,10 @@ def run(argv: Sequence[str]) -> int:
         if not a.image_dir.startswith("/"):
             raise LaunchError(f"--image-dir must be an absolute path on the remote machine, got "
                               f"{a.image_dir!r}")
+    elif a.init_model is not None:
+        raise LaunchError("--init-model starts a new job; it does not go with --attach, "
+                          "--fetch, --resume, --stop, --delete or --list")
+    init = init_model_file(a.init_model) if a.init_model is not None else None
     client = connect(a.host)
 
     if a.list:
@@ -386,13 +409,15 @@ def run(argv: Sequence[str]) -> int:
             "nima.job": job, "nima.image-dir": image_dir, "nima.image": image,
             "nima.flavor": "gpu" if gpu else "cpu"})
         try:
-            upload_inputs(client, job, image, a.config_file, a.samples_file, image_dir)
+            upload_inputs(client, job, image, a.config_file, a.samples_file, image_dir, init)
         except LaunchError:
             client.volumes.get(volume_name(job)).remove()
             raise
         command = ["train", "--config-file", f"{WORK}/input/config.json", "--samples-file",
                    f"{WORK}/input/samples.json", "--image-dir", IMAGES, "--job-dir",
                    f"{WORK}/job", *rest]
+        if init is not None:
+            command += ["--init-model", f"{WORK}/input/init{init.suffix}"]
     start(client, job, image, command, image_dir, gpu)
     say(f"job {job} started on {a.host} ({'GPU' if gpu else 'CPU'} image {image})")
     return _finish(client, job, a)

@@ -42,7 +42,7 @@ import tensorflow as tf
 
 from nima import files, images, labels, pipeline, plots
 from nima.config import Config
-from nima.errors import DataError, ImageError, NimaError
+from nima.errors import DataError, ImageError, ModelError, NimaError
 from nima.model import EMDLoss, build_model, input_size_for, set_base_trainable
 from nima.scores import N_BINS
 
@@ -72,10 +72,17 @@ def train(
     samples_file: str | Path,
     image_dir: str | Path,
     job_dir: str | Path | None = None,
+    init_model: str | Path | None = None,
 ) -> Path:
-    """Train a new model; returns the job directory (a worker's scratch dir on non-chiefs)."""
+    """Train a new model; returns the job directory (a worker's scratch dir on non-chiefs).
+
+    `init_model` starts from a trained NIMA model's weights instead of the config's
+    `base_weights`: a `.keras` model, a job or model directory, or Keras 2 `.hdf5` weights.
+    """
     samples = labels.load_samples(samples_file)
     image_dir = Path(image_dir).resolve()
+    if init_model is not None:
+        init_model = _init_model_file(init_model)
     job = new_job_dir(job_dir) if is_chief() else worker_dir()
     log.info("job directory: %s", job)
     config.save(job / "config.json")
@@ -83,11 +90,13 @@ def train(
     files.write_json(job / "job.json", {
         "samples_file": str(Path(samples_file).resolve()),
         "image_dir": str(image_dir),
+        "init_model": str(init_model) if init_model else None,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     })
     with _scratch_cleanup(job):
-        return _run(config, samples, image_dir, job, state=None, source=job)
+        return _run(config, samples, image_dir, job, state=None, source=job,
+                    init_model=init_model)
 
 
 def resume(job_dir: str | Path, image_dir: str | Path | None = None) -> Path:
@@ -111,12 +120,15 @@ def resume(job_dir: str | Path, image_dir: str | Path | None = None) -> Path:
     else:
         log.info("resuming %s after epoch %d (phase %s)", source, state["epoch"], state["phase"])
     job = source if is_chief() else worker_dir()
+    # Killed before its first epoch ended, the job starts over from its initial weights.
+    init_model = meta.get("init_model") if state is None else None
     with _scratch_cleanup(job):
-        return _run(config, samples, image_dir, job, state=state, source=source)
+        return _run(config, samples, image_dir, job, state=state, source=source,
+                    init_model=init_model)
 
 
 def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Path,
-         state: dict | None, source: Path) -> Path:
+         state: dict | None, source: Path, init_model: str | Path | None = None) -> Path:
     """Train into `job`; a resumed run loads its checkpoint from `source`."""
     t0 = time.monotonic()
     # First, before any other TensorFlow op: MultiWorkerMirroredStrategy must configure the
@@ -150,9 +162,11 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         with strategy.scope():
-            model = build_model(config)
+            model = build_model(config.replace(base_weights=None) if init_model else config)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+    if init_model:
+        copy_weights(init_model, config, model)
     model.summary(print_fn=lambda line, **_: log.debug(line))
 
     # --- the two phases --------------------------------------------------------------------
@@ -209,6 +223,46 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
     log.info("done in %.0f s: best %s %.4f at epoch %s; model in %s", seconds, recorder.monitor,
              recorder.best, recorder.best_epoch, job)
     return job
+
+
+def _init_model_file(source: str | Path) -> Path:
+    from nima.predict import resolve_model_file
+
+    path = resolve_model_file(source).resolve()  # a job or model dir -> its .keras file
+    if path.name.endswith(".weights.h5"):
+        raise ModelError(f"--init-model takes a .keras model, a job or model directory, or "
+                         f"Keras 2 .hdf5 weights, not a .weights.h5 file: {path}")
+    return path
+
+
+def copy_weights(source: str | Path, config: Config, model: keras.Model) -> None:
+    """Start `model` from the weights of the NIMA model in `source` (same base model)."""
+    from nima import legacy
+    from nima.model import load_model
+
+    source = Path(source)
+    if source.suffix == ".keras":
+        previous = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy("float32")
+        try:
+            init = load_model(source)
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+    elif legacy.is_keras2_weights(source):
+        init = legacy.load_keras2_weights(source, config)
+    else:
+        raise ModelError(f"--init-model {source}: not a .keras model nor Keras 2 HDF5 weights")
+    ours, theirs = model.weights, init.weights
+    mismatch = next(((a.path, tuple(a.shape), tuple(b.shape)) for a, b in zip(ours, theirs)
+                     if tuple(a.shape) != tuple(b.shape)), None)
+    if len(ours) != len(theirs) or mismatch:
+        why = (f"{mismatch[0]} is {mismatch[1]} here, {mismatch[2]} there" if mismatch
+               else f"{len(ours)} weight arrays here, {len(theirs)} there")
+        raise ModelError(f"--init-model {source} does not fit the config's "
+                         f"{config.base_model_name} {config.base_model_args or ''}: {why}")
+    for ours_var, value in zip(ours, init.get_weights()):
+        ours_var.assign(value)
+    log.info("initial weights from %s", source)
 
 
 class EpochRecorder(keras.callbacks.Callback):

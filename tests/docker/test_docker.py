@@ -18,9 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from conftest import REPO, make_images, tiny_config
+from conftest import REPO, base_weights, finetune_config, make_images, tiny_config
 
 HERE = Path(__file__).resolve().parent
 UID = GID = 4242
@@ -312,3 +313,18 @@ def test_a_failed_image_build_is_one_line(world):
     assert r.returncode == 1
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("predict: error: building nima-cpu:") and "failed:" in last
+
+
+def test_train_fine_tunes_the_shipped_model(world):
+    """--init-model: the model file is mounted read-only; phase 1 keeps its base as it was."""
+    w = world["work"]
+    shutil.copy(REPO / "models" / "default" / "model.keras", w / "default.keras")
+    (w / "finetune.json").write_text(json.dumps(finetune_config()))
+    r = launch(world, "train-local", "--config-file", "finetune.json", "--samples-file",
+               "samples.json", "--image-dir", "images", "--job-dir", "finetuned",
+               "--init-model", "default.keras")
+    assert r.returncode == 0, r.stderr[-3000:]
+    job = w / "finetuned"
+    assert json.loads((job / "job.json").read_text())["init_model"] == f"/host{w}/default.keras"
+    for a, b in zip(base_weights(job / "model.keras"), base_weights(w / "default.keras")):
+        np.testing.assert_array_equal(a, b)

@@ -20,9 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from conftest import REPO, make_images, tiny_config
+from conftest import REPO, base_weights, finetune_config, make_images, tiny_config
 
 if os.environ.get("NIMA_DOCKER_TESTS") != "1":
     pytest.skip("SKIPPED: ./train-remote tests (sshd + private Docker engine) need "
@@ -202,3 +203,18 @@ def test_bad_input_is_one_line(remote):
     r = subprocess.run([str(REPO / "train-remote"), "--host", "ssh://root@127.0.0.1:1",
                         "--list"], env=env, text=True, capture_output=True, timeout=120)
     assert r.returncode == 1 and "no Docker engine answers at ssh://root@127.0.0.1:1" in r.stderr
+
+
+def test_init_model_is_sent_to_the_remote(remote):
+    local = remote["local"]
+    (local / "finetune.json").write_text(json.dumps(finetune_config()))
+    init = REPO / "models" / "default"  # a model directory: its model.keras is sent
+    r = train_remote(remote, "--config-file", "finetune.json", "--samples-file", "samples.json",
+                     "--image-dir", remote["images"], "--init-model", init)
+    assert r.returncode == 0, r.stderr[-3000:]
+    job = local / r.stdout.strip().splitlines()[-1]
+    assert json.loads((job / "job.json").read_text())["init_model"] == "/work/input/init.keras"
+    for a, b in zip(base_weights(job / "model.keras"), base_weights(init / "model.keras")):
+        np.testing.assert_array_equal(a, b)
+    r = train_remote(remote, "--fetch", job.name, "--init-model", init)
+    assert r.returncode == 1 and "--init-model starts a new job" in r.stderr
