@@ -108,7 +108,39 @@ def test_check_invalid_json_names_the_line(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text('[\n{"image_id": "a", "label": [1,1,1,1,1,1,1,1,1,1]},\n{"image_id": }\n]')
     assert main(["data", "check", str(bad)]) == 1
-    assert "bad.json:3: invalid JSON" in capsys.readouterr().err
+    assert f"{bad}: invalid JSON at line 3 column 14" in capsys.readouterr().err
+
+
+GOOD_ROWS = '[{"image_id": "a", "label": [1,1,1,1,1,1,1,1,1,1]}]'
+
+
+@pytest.mark.parametrize("tool", [["check"], ["stats"],
+                                  ["undersample", "--max-per-bin", "1", "--out", "OUT"]])
+@pytest.mark.parametrize("content, ok, message", [
+    # Windows editors write a byte-order mark; training accepts it, so must the tools
+    (b"\xef\xbb\xbf" + GOOD_ROWS.encode(), True, ""),
+    # an empty file is one training refuses: "all is well" (exit 0) would be a lie
+    (b"[]", False, "contains no samples"),
+    (b"[" * 100_000, False, "JSON nested too deeply"),  # was a RecursionError traceback
+    (b"\xff\xfe[]", False, "not UTF-8 text (byte 0 is 0xff)"),
+])
+def test_data_tools_read_label_files_as_training_does(tmp_path, capsys, tool, content, ok,
+                                                      message):
+    path = tmp_path / "labels.json"
+    path.write_bytes(content)
+    argv = ["data", tool[0], str(path)] + [str(tmp_path / "out.json") if a == "OUT" else a
+                                           for a in tool[1:]]
+    trained_ok = True
+    try:
+        load_samples(path)
+    except LabelError:
+        trained_ok = False
+    assert trained_ok == ok
+    assert main(argv) == (0 if ok else 1)
+    err = capsys.readouterr().err
+    if not ok:
+        assert f"nima data {tool[0]}: error: {path}: {message}" in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_stats_on_shipped_ava_labels(tmp_path, capsys):
