@@ -70,6 +70,10 @@ def test_check_reports_every_kind_of_problem(tmp_path, capsys):
     assert [row["image_id"] for row in json.loads(clean.read_text())] == ["big"]
     out = capsys.readouterr().out
     assert "truncated: 2" in out and "row 12: label values must be finite" in out
+    # every problem line names its row, image problems too (they used to name only the file)
+    assert f"row 3: not a recognised image file: {images / 'img0003.jpg'}" in out
+    assert f"row 0: 40x40 is smaller than 50 px: {images / 'img0000.jpg'}" in out
+    assert "row 1: truncated image" in out
     # without --min-size the small images are fine; with --full-decode the same verdicts
     r = check(labels, images, full_decode=True)
     assert r.counts()["tiny"] == 0 and r.counts()["truncated"] == 2

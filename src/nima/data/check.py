@@ -154,7 +154,7 @@ def check(labels_file: str | Path, image_dir: str | Path | None = None, *,
         result.images_checked = len(located)
         result.unlabelled = len(set(index.values()) - {p for _, p in located})
         for i, (kind, message) in bad.items():
-            result.problems.append(Problem(kind, i, data[i]["image_id"], message))
+            result.problems.append(Problem(kind, i, data[i]["image_id"], f"row {i}: {message}"))
         result.good = [i for i, _ in located if i not in bad]
     result.problems.sort(key=lambda p: p.index)
     if write_clean is not None:
