@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import REPO
 from nima import scores
-from nima.cli import main
+from nima.cli import build_parser, main
 from nima.data import ava, mos, tid2013
 from nima.data.distributions import maxent_distribution, normal_distribution
 from nima.errors import DataError
@@ -286,3 +287,18 @@ def test_data_tools_do_not_import_tensorflow():
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "360 images" in r.stdout
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_every_train_and_data_argument_has_help():
+    top = _subparsers(build_parser())
+    parsers = {"train": top["train"], **{f"data {name}": p
+                                          for name, p in _subparsers(top["data"]).items()}}
+    undocumented = [f"nima {name} {a.option_strings[0] if a.option_strings else a.metavar}"
+                    for name, p in parsers.items() for a in p._actions
+                    if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert undocumented == []
