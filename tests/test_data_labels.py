@@ -211,6 +211,11 @@ def test_tid2013_splits_by_reference_image(tmp_path):
     assert r.test[0].image_id == "I07_01_1" and r.test[1].image_id == "i07_01_2"
     with pytest.raises(DataError, match=r"\[26\] are not in"):
         tid2013.build(tmp_path / "mos.txt", tmp_path / "c", test_refs=["I26"])
+    # every reference held out: an empty training file used to be written without a word
+    with pytest.raises(DataError, match="no training images would be left"):
+        tid2013.build(tmp_path / "mos.txt", tmp_path / "c",
+                      test_refs=[str(i) for i in range(1, 26)])
+    assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.parametrize("bad_line, message", [
