@@ -24,7 +24,7 @@ from typing import Any
 from nima.data.labelfile import read_label_json, write_label_rows
 from nima.errors import ImageError
 from nima.images import open_image
-from nima.labels import index_images, validate_image_id, validate_label
+from nima.labels import find_image, index_images, validate_image_id, validate_label
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def check(labels_file: str | Path, image_dir: str | Path | None = None, *,
         located: list[tuple[int, Path]] = []
         for i in candidates:
             image_id = data[i]["image_id"]
-            path = index.get(image_id) or index.get(image_id.lower())
+            path = find_image(index, image_id)
             if path is None:
                 result.problems.append(Problem("missing", i, image_id,
                                                f"row {i}: no image for {image_id!r} in {image_dir}"))
