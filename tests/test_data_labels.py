@@ -261,6 +261,16 @@ def test_mos_without_header_and_tab_separated(tmp_path):
     assert np.allclose([float(scores.mean_score(s.label)) for s in samples], [3.25, 7.75])
 
 
+def test_mos_delimiter_comes_from_the_data_not_a_comment(tmp_path):
+    # a comment line without commas above a CSV made every line one whitespace-split field
+    (tmp_path / "m.csv").write_text("# scores from the 2025 study\nimage,mos\nmy photo.jpg,3\n")
+    r = mos.convert(tmp_path / "m.csv", tmp_path / "o.json", scale=(1, 5))
+    assert r.written == 1
+    [sample] = load_samples(tmp_path / "o.json")
+    assert sample.image_id == "my photo"
+    assert float(scores.mean_score(sample.label)) == pytest.approx(5.5)
+
+
 @pytest.mark.parametrize("content, kwargs, message", [
     ("image,mos\na.jpg,5\nb.jpg,11\n", {}, r"m.csv:3: mos 11 is outside the scale 1..10"),
     ("image,mos\na.jpg,5\nb.jpg,\n", {}, "m.csv:3: mos must be a number"),
@@ -271,6 +281,8 @@ def test_mos_without_header_and_tab_separated(tmp_path):
     ("image,mos,std\na.jpg,5,1\nb.jpg,6,-1\n", {"method": "normal"},
      "m.csv:3: std must not be negative"),
     ("picture,rating\na.jpg,5\n", {}, "m.csv:1: header has no 'image' column"),
+    ("# study 2025\npicture,rating\na.jpg,5\n", {}, "m.csv:2: header has no 'image' column"),
+    ("image,mos,n\na.jpg,5,3\nb.jpg,6,\n", {"min_n": 2}, "m.csv:3: --min-n needs an n value"),
 ])
 def test_mos_malformed_rows_name_file_and_line(tmp_path, content, kwargs, message):
     (tmp_path / "m.csv").write_text(content)

@@ -44,7 +44,7 @@ class MosRow:
     lineno: int
 
 
-def _header_columns(path: Path, header: Sequence[str]) -> dict[str, int]:
+def _header_columns(path: Path, lineno: int, header: Sequence[str]) -> dict[str, int]:
     names = [h.strip().lower() for h in header]
     cols: dict[str, int] = {}
     for key, aliases in ALIASES.items():
@@ -54,7 +54,7 @@ def _header_columns(path: Path, header: Sequence[str]) -> dict[str, int]:
                 break
     for key in ("image", "mos"):
         if key not in cols:
-            raise input_error(path, 1, f"header has no {key!r} column (one of "
+            raise input_error(path, lineno, f"header has no {key!r} column (one of "
                               f"{', '.join(ALIASES[key])}); got {', '.join(header)}")
     return cols
 
@@ -62,7 +62,9 @@ def _header_columns(path: Path, header: Sequence[str]) -> dict[str, int]:
 def read_mos_csv(path: str | Path) -> list[MosRow]:
     path = Path(path)
     text = read_text(path, "MOS file")
-    first = next((ln for ln in text.splitlines() if ln.strip()), "")
+    # the delimiter of the first data or header line: a comment above it may hold any text
+    first = next((ln for ln in text.splitlines()
+                  if ln.strip() and not ln.lstrip().startswith("#")), "")
     delimiter = max(",;\t", key=first.count) if any(c in first for c in ",;\t") else None
     if delimiter:
         records = list(csv.reader(io.StringIO(text), delimiter=delimiter))
@@ -72,12 +74,12 @@ def read_mos_csv(path: str | Path) -> list[MosRow]:
                 if r and any(f.strip() for f in r) and not r[0].lstrip().startswith("#")]
     if not numbered:
         raise DataError(f"{path}: contains no rows")
-    head = numbered[0][1]
+    head_line, head = numbered[0]
     try:
         float(head[1]) if len(head) > 1 else float("x")
         cols = {k: i for i, k in enumerate(COLUMNS[:len(head)])}
     except ValueError:
-        cols = _header_columns(path, head)
+        cols = _header_columns(path, head_line, head)
         numbered = numbered[1:]
     rows: list[MosRow] = []
     first_line: dict[str, int] = {}
@@ -141,7 +143,8 @@ def convert(csv_file: str | Path, out: str | Path, *, scale: tuple[float, float]
     if min_n is not None:
         without = [r for r in rows if r.n is None]
         if without:
-            raise input_error(path, without[0].lineno, "--min-n needs an n column")
+            raise input_error(path, without[0].lineno, "--min-n needs an n value on every "
+                              "row (an n column)")
         kept = [r for r in rows if r.n >= min_n]
     if not kept:
         raise DataError(f"{path}: no rows left with n >= {min_n:g}")
