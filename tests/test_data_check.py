@@ -207,3 +207,16 @@ def test_undersample_caps_each_bin(tmp_path, capsys):
 
 def test_rating_bin_rounds_halves_up():
     assert [rating_bin(m) for m in (1.0, 1.49, 1.5, 5.5, 6.5, 9.6, 10.0)] == [1, 1, 2, 6, 7, 10, 10]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--workers", "-1"], "--workers must be at least 1, got -1"),  # was a ValueError traceback
+    (["--workers", "0"], "--workers must be at least 1, got 0"),    # silently meant "default"
+    (["--min-size", "-5"], "--min-size must not be negative, got -5"),
+])
+def test_check_options_out_of_range_are_one_line(tmp_path, capsys, argv, message):
+    labels_file = tmp_path / "labels.json"
+    labels_file.write_text(json.dumps(make_images(tmp_path / "images", 2)))
+    assert main(["data", "check", str(labels_file), "--image-dir", str(tmp_path / "images"),
+                 *argv]) == 1
+    assert capsys.readouterr().err.strip() == f"nima data check: error: {message}"

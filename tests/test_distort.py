@@ -172,3 +172,15 @@ def test_bad_or_small_source_fails_before_anything_is_written(tmp_path: Path):
     assert not out.exists()  # no half-written dataset
     with pytest.raises(DataError, match="source is not a folder"):
         distort.distort_dataset(src / "zz-small.png", out, crops=1, size=48)
+
+
+def test_negative_seed_is_one_line_not_a_numpy_traceback(tmp_path: Path):
+    src = tmp_path / "src"
+    make_sources(src, 2)
+    r = subprocess.run([sys.executable, "-m", "nima", "data", "distort", "--source", str(src),
+                        "--out", str(tmp_path / "out"), "--seed", "-1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        "nima data distort: error: --seed must not be negative, got -1"]
+    assert not (tmp_path / "out").exists()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from nima.data.labelfile import read_label_json, write_label_rows
-from nima.errors import ImageError
+from nima.errors import DataError, ImageError
 from nima.images import open_image
 from nima.labels import find_image, index_images, validate_image_id, validate_label
 
@@ -113,6 +113,10 @@ def check_image(path: Path, full_decode: bool = False, min_size: int = 0) -> tup
 def check(labels_file: str | Path, image_dir: str | Path | None = None, *,
           full_decode: bool = False, min_size: int = 0, workers: int | None = None,
           write_clean: str | Path | None = None) -> CheckResult:
+    if workers is not None and workers < 1:
+        raise DataError(f"--workers must be at least 1, got {workers}")
+    if min_size < 0:
+        raise DataError(f"--min-size must not be negative, got {min_size}")
     data = read_label_json(labels_file)
     result = CheckResult(rows=len(data), good=[])
     seen: dict[str, int] = {}

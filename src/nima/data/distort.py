@@ -178,6 +178,8 @@ def distort_dataset(source_dir: str | Path, out_dir: str | Path, *, seed: int = 
         raise DataError(f"--crops must be at least 1, got {crops}")
     if size < 32:
         raise DataError(f"--size must be at least 32, got {size}")
+    if seed < 0:  # numpy's generators take non-negative seeds only
+        raise DataError(f"--seed must not be negative, got {seed}")
     sources = find_sources(Path(source_dir))
     check_sources(sources, size)
     train, test = split_sources(sources, test_fraction, seed)
