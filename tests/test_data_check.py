@@ -220,3 +220,21 @@ def test_check_options_out_of_range_are_one_line(tmp_path, capsys, argv, message
     assert main(["data", "check", str(labels_file), "--image-dir", str(tmp_path / "images"),
                  *argv]) == 1
     assert capsys.readouterr().err.strip() == f"nima data check: error: {message}"
+
+
+@pytest.mark.parametrize("fmt", ["bmp", "tiff"])
+def test_cheap_check_finds_truncated_files_without_an_end_marker(tmp_path, fmt):
+    # TID2013's images are BMPs: cut in half, the header is intact and the cheap check (end
+    # markers exist only for JPEG and PNG) called them good, while training skipped them.
+    images = tmp_path / "images"
+    images.mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(images / f"good.{fmt}")
+    data = (images / f"good.{fmt}").read_bytes()
+    (images / f"cut.{fmt}").write_bytes(data[: len(data) // 2])
+    labels_file = tmp_path / "labels.json"
+    labels_file.write_text(json.dumps([{"image_id": i, "label": [1] * 10}
+                                       for i in ("good", "cut")]))
+    r = check(labels_file, images)
+    assert [(p.kind, p.image_id) for p in r.problems] == [("truncated", "cut")]
+    assert r.good == [0]

@@ -6,8 +6,8 @@ the first. Images: missing, unreadable (header), truncated, smaller than --min-s
 
 Speed: header checks (Pillow reads a few hundred bytes) plus, for JPEG and PNG, a look at the
 file's last bytes for the end marker; only a file without one is fully decoded to confirm it
-is truncated (some cameras append data after the end marker). --full-decode decodes every
-image. Files are checked in a thread pool: the work is mostly I/O wait and Pillow's decoders
+is truncated (some cameras append data after the end marker). Other formats (TID2013's BMPs,
+TIFF, WebP) have no end marker and are decoded. --full-decode decodes every image. Files are checked in a thread pool: the work is mostly I/O wait and Pillow's decoders
 release the GIL.
 """
 
@@ -64,10 +64,12 @@ def check_row(row: Any) -> str | None:
 
 
 def _ends_cleanly(path: Path, fmt: str | None) -> bool:
-    """True unless a JPEG/PNG lacks its end marker (cheap: reads the last 64 bytes)."""
+    """True if a JPEG/PNG has its end marker (cheap: reads the last 64 bytes). Other formats
+    have no such marker (a BMP or TIFF cut in half has an intact header), so they are False:
+    the caller decodes them."""
     marker = {"JPEG": _JPEG_END, "PNG": _PNG_END}.get(fmt or "")
     if marker is None:
-        return True
+        return False
     with open(path, "rb") as f:
         f.seek(0, os.SEEK_END)
         f.seek(max(f.tell() - 64, 0))
