@@ -94,3 +94,5 @@ def test_default_resize_below_the_bases_default_input_is_refused(name, default):
     assert Config.from_dict({"base_model_name": name, "resize_size": None}).model_input_size \
         == default
     assert Config.from_dict({"base_model_name": name, "input_size": 224}).model_input_size == 224
+    # without random crops resize_size is unused: such configs trained fine and still load
+    assert Config.from_dict({"base_model_name": name, "random_crop": False}).resize_size == 256

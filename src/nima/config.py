@@ -194,7 +194,9 @@ def _check_values(cfg: Config) -> None:
         raise bad("resize_size", "must be between 32 and 4096")
     # Training crops input_size pixels out of resize_size: with input_size null that is the
     # base's own default, e.g. 299 for InceptionV3, more than the default resize_size 256.
-    if cfg.resize_size is not None and cfg.resize_size < cfg.model_input_size:
+    # Without random_crop, resize_size is unused (images are resized to the input size).
+    if (cfg.random_crop and cfg.resize_size is not None
+            and cfg.resize_size < cfg.model_input_size):
         size = (f"input_size ({cfg.input_size})" if cfg.input_size is not None else
                 f"the input size of {cfg.base_model_name} ({cfg.model_input_size}; "
                 "input_size is null)")
