@@ -271,6 +271,31 @@ def test_mos_delimiter_comes_from_the_data_not_a_comment(tmp_path):
     assert float(scores.mean_score(sample.label)) == pytest.approx(5.5)
 
 
+def test_mos_dmos_direction_is_never_guessed_silently(tmp_path, caplog):
+    # 'dmos' is lower-is-better in LIVE (0..100) and higher-is-better in KADID-10k (1..5): it
+    # used to be read as a mos without a word, which inverts a LIVE user's ranking
+    (tmp_path / "live.csv").write_text("image,dmos\npristine.bmp,10\nawful.bmp,90\n")
+    mos.convert(tmp_path / "live.csv", tmp_path / "a.json", scale=(0, 100))
+    assert "pass --invert" in caplog.text
+    caplog.clear()
+    r = mos.convert(tmp_path / "live.csv", tmp_path / "b.json", scale=(0, 100), invert=True)
+    assert r.written == 2 and "--invert" not in caplog.text
+    means = {s.image_id: float(scores.mean_score(s.label)) for s in load_samples(
+        tmp_path / "b.json")}
+    assert means["pristine"] == pytest.approx(1 + 9 * 0.9) and means["awful"] == pytest.approx(
+        1 + 9 * 0.1)
+    assert main(["data", "mos", str(tmp_path / "live.csv"), "--out", str(tmp_path / "c.json"),
+                 "--scale", "0", "100", "--invert"]) == 0
+    assert (tmp_path / "c.json").read_text() == (tmp_path / "b.json").read_text()
+    # KADID-10k's own header: dist_img is the image, dmos higher-is-better on 1..5
+    (tmp_path / "kadid.csv").write_text("dist_img,ref_img,dmos,var\nI01_01_01.png,I01.png,4.57,"
+                                        "0.496\n")
+    r = mos.convert(tmp_path / "kadid.csv", tmp_path / "k.json", scale=(1, 5))
+    [sample] = load_samples(tmp_path / "k.json")
+    assert sample.image_id == "I01_01_01"
+    assert float(scores.mean_score(sample.label)) == pytest.approx(1 + 9 * 3.57 / 4)
+
+
 @pytest.mark.parametrize("content, kwargs, message", [
     ("image,mos\na.jpg,5\nb.jpg,11\n", {}, r"m.csv:3: mos 11 is outside the scale 1..10"),
     ("image,mos\na.jpg,5\nb.jpg,\n", {}, "m.csv:3: mos must be a number"),

@@ -266,12 +266,14 @@ def _data_mos(sub: argparse._SubParsersAction) -> None:
                    help="maxent (default): maximum-entropy distribution with the mean; "
                    "normal: discretised N(mos, std), needs a std column")
     p.add_argument("--min-n", type=float, help="drop images rated fewer times (needs n)")
+    p.add_argument("--invert", action="store_true", help="lower scores are better (e.g. "
+                   "LIVE's DMOS): each score s is read as LO + HI - s")
 
     def run(a: argparse.Namespace) -> int:
         from nima.data import mos
 
         r = mos.convert(a.csv_file, a.out, scale=tuple(a.scale), method=a.method,
-                        min_n=a.min_n)
+                        min_n=a.min_n, invert=a.invert)
         extra = f" ({r.dropped_min_n} with n < {a.min_n:g} dropped)" if r.dropped_min_n else ""
         print(f"{r.written} of {r.rows} images -> {a.out}{extra}")
         return EXIT_OK
