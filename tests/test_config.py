@@ -46,6 +46,8 @@ def test_defaults_and_roundtrip(tmp_path):
     ({"base_model_name": "MobileNet", "base_model_args": {"weights": None}}, "base_model_args"),
     ({"base_model_name": 5}, "base_model_name"),
     ({}, "base_model_name"),
+    ({"base_model_name": "MobileNetV9"}, "base_model_name"),
+    ({"base_model_name": " MobileNet"}, "base_model_name"),
 ])
 def test_bad_values_name_the_key(data, key):
     with pytest.raises(ConfigError, match=key):
@@ -67,3 +69,30 @@ def test_file_errors(tmp_path):
     arr.write_text(json.dumps([1, 2]))
     with pytest.raises(ConfigError, match="JSON object"):
         Config.load(arr)
+
+
+def test_unknown_base_model_is_refused_on_load_with_the_choices(tmp_path):
+    # Before this check, a typo in base_model_name failed only after the job dir was made
+    # and every image probed (minutes on AVA).
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"base_model_name": "MobileNetv2"}))
+    with pytest.raises(ConfigError, match=r"key 'base_model_name' must be one of .*MobileNetV2"
+                                          r".*got \"MobileNetv2\""):
+        Config.load(path)
+
+
+@pytest.mark.parametrize("name, default", [("InceptionV3", 299), ("NASNetLarge", 331),
+                                           ("EfficientNetB7", 600)])
+def test_default_resize_below_the_bases_default_input_is_refused(name, default):
+    # resize_size defaults to 256; with input_size null the network takes `default` pixels,
+    # which the random crop cannot cut from 256 (it used to fail mid-epoch in TensorFlow).
+    with pytest.raises(ConfigError, match=f"'resize_size' must be at least the input size of "
+                                          f"{name} \\({default};"):
+        Config.from_dict({"base_model_name": name})
+    cfg = Config.from_dict({"base_model_name": name, "resize_size": default + 32})
+    assert cfg.model_input_size == default
+    assert Config.from_dict({"base_model_name": name, "resize_size": None}).model_input_size \
+        == default
+    assert Config.from_dict({"base_model_name": name, "input_size": 224}).model_input_size == 224
+    # without random crops resize_size is unused: such configs trained fine and still load
+    assert Config.from_dict({"base_model_name": name, "random_crop": False}).resize_size == 256

@@ -70,6 +70,10 @@ def test_check_reports_every_kind_of_problem(tmp_path, capsys):
     assert [row["image_id"] for row in json.loads(clean.read_text())] == ["big"]
     out = capsys.readouterr().out
     assert "truncated: 2" in out and "row 12: label values must be finite" in out
+    # every problem line names its row, image problems too (they used to name only the file)
+    assert f"row 3: not a recognised image file: {images / 'img0003.jpg'}" in out
+    assert f"row 0: 40x40 is smaller than 50 px: {images / 'img0000.jpg'}" in out
+    assert "row 1: truncated image" in out
     # without --min-size the small images are fine; with --full-decode the same verdicts
     r = check(labels, images, full_decode=True)
     assert r.counts()["tiny"] == 0 and r.counts()["truncated"] == 2
@@ -108,7 +112,39 @@ def test_check_invalid_json_names_the_line(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text('[\n{"image_id": "a", "label": [1,1,1,1,1,1,1,1,1,1]},\n{"image_id": }\n]')
     assert main(["data", "check", str(bad)]) == 1
-    assert "bad.json:3: invalid JSON" in capsys.readouterr().err
+    assert f"{bad}: invalid JSON at line 3 column 14" in capsys.readouterr().err
+
+
+GOOD_ROWS = '[{"image_id": "a", "label": [1,1,1,1,1,1,1,1,1,1]}]'
+
+
+@pytest.mark.parametrize("tool", [["check"], ["stats"],
+                                  ["undersample", "--max-per-bin", "1", "--out", "OUT"]])
+@pytest.mark.parametrize("content, ok, message", [
+    # Windows editors write a byte-order mark; training accepts it, so must the tools
+    (b"\xef\xbb\xbf" + GOOD_ROWS.encode(), True, ""),
+    # an empty file is one training refuses: "all is well" (exit 0) would be a lie
+    (b"[]", False, "contains no samples"),
+    (b"[" * 100_000, False, "JSON nested too deeply"),  # was a RecursionError traceback
+    (b"\xff\xfe[]", False, "not UTF-8 text (byte 0 is 0xff)"),
+])
+def test_data_tools_read_label_files_as_training_does(tmp_path, capsys, tool, content, ok,
+                                                      message):
+    path = tmp_path / "labels.json"
+    path.write_bytes(content)
+    argv = ["data", tool[0], str(path)] + [str(tmp_path / "out.json") if a == "OUT" else a
+                                           for a in tool[1:]]
+    trained_ok = True
+    try:
+        load_samples(path)
+    except LabelError:
+        trained_ok = False
+    assert trained_ok == ok
+    assert main(argv) == (0 if ok else 1)
+    err = capsys.readouterr().err
+    if not ok:
+        assert f"nima data {tool[0]}: error: {path}: {message}" in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_stats_on_shipped_ava_labels(tmp_path, capsys):
@@ -171,3 +207,34 @@ def test_undersample_caps_each_bin(tmp_path, capsys):
 
 def test_rating_bin_rounds_halves_up():
     assert [rating_bin(m) for m in (1.0, 1.49, 1.5, 5.5, 6.5, 9.6, 10.0)] == [1, 1, 2, 6, 7, 10, 10]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--workers", "-1"], "--workers must be at least 1, got -1"),  # was a ValueError traceback
+    (["--workers", "0"], "--workers must be at least 1, got 0"),    # silently meant "default"
+    (["--min-size", "-5"], "--min-size must not be negative, got -5"),
+])
+def test_check_options_out_of_range_are_one_line(tmp_path, capsys, argv, message):
+    labels_file = tmp_path / "labels.json"
+    labels_file.write_text(json.dumps(make_images(tmp_path / "images", 2)))
+    assert main(["data", "check", str(labels_file), "--image-dir", str(tmp_path / "images"),
+                 *argv]) == 1
+    assert capsys.readouterr().err.strip() == f"nima data check: error: {message}"
+
+
+@pytest.mark.parametrize("fmt", ["bmp", "tiff"])
+def test_cheap_check_finds_truncated_files_without_an_end_marker(tmp_path, fmt):
+    # TID2013's images are BMPs: cut in half, the header is intact and the cheap check (end
+    # markers exist only for JPEG and PNG) called them good, while training skipped them.
+    images = tmp_path / "images"
+    images.mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(images / f"good.{fmt}")
+    data = (images / f"good.{fmt}").read_bytes()
+    (images / f"cut.{fmt}").write_bytes(data[: len(data) // 2])
+    labels_file = tmp_path / "labels.json"
+    labels_file.write_text(json.dumps([{"image_id": i, "label": [1] * 10}
+                                       for i in ("good", "cut")]))
+    r = check(labels_file, images)
+    assert [(p.kind, p.image_id) for p in r.problems] == [("truncated", "cut")]
+    assert r.good == [0]

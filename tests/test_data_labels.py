@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import REPO
 from nima import scores
-from nima.cli import main
+from nima.cli import build_parser, main
 from nima.data import ava, mos, tid2013
 from nima.data.distributions import maxent_distribution, normal_distribution
 from nima.errors import DataError
@@ -210,6 +211,11 @@ def test_tid2013_splits_by_reference_image(tmp_path):
     assert r.test[0].image_id == "I07_01_1" and r.test[1].image_id == "i07_01_2"
     with pytest.raises(DataError, match=r"\[26\] are not in"):
         tid2013.build(tmp_path / "mos.txt", tmp_path / "c", test_refs=["I26"])
+    # every reference held out: an empty training file used to be written without a word
+    with pytest.raises(DataError, match="no training images would be left"):
+        tid2013.build(tmp_path / "mos.txt", tmp_path / "c",
+                      test_refs=[str(i) for i in range(1, 26)])
+    assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.parametrize("bad_line, message", [
@@ -255,6 +261,41 @@ def test_mos_without_header_and_tab_separated(tmp_path):
     assert np.allclose([float(scores.mean_score(s.label)) for s in samples], [3.25, 7.75])
 
 
+def test_mos_delimiter_comes_from_the_data_not_a_comment(tmp_path):
+    # a comment line without commas above a CSV made every line one whitespace-split field
+    (tmp_path / "m.csv").write_text("# scores from the 2025 study\nimage,mos\nmy photo.jpg,3\n")
+    r = mos.convert(tmp_path / "m.csv", tmp_path / "o.json", scale=(1, 5))
+    assert r.written == 1
+    [sample] = load_samples(tmp_path / "o.json")
+    assert sample.image_id == "my photo"
+    assert float(scores.mean_score(sample.label)) == pytest.approx(5.5)
+
+
+def test_mos_dmos_direction_is_never_guessed_silently(tmp_path, caplog):
+    # 'dmos' is lower-is-better in LIVE (0..100) and higher-is-better in KADID-10k (1..5): it
+    # used to be read as a mos without a word, which inverts a LIVE user's ranking
+    (tmp_path / "live.csv").write_text("image,dmos\npristine.bmp,10\nawful.bmp,90\n")
+    mos.convert(tmp_path / "live.csv", tmp_path / "a.json", scale=(0, 100))
+    assert "pass --invert" in caplog.text
+    caplog.clear()
+    r = mos.convert(tmp_path / "live.csv", tmp_path / "b.json", scale=(0, 100), invert=True)
+    assert r.written == 2 and "--invert" not in caplog.text
+    means = {s.image_id: float(scores.mean_score(s.label)) for s in load_samples(
+        tmp_path / "b.json")}
+    assert means["pristine"] == pytest.approx(1 + 9 * 0.9) and means["awful"] == pytest.approx(
+        1 + 9 * 0.1)
+    assert main(["data", "mos", str(tmp_path / "live.csv"), "--out", str(tmp_path / "c.json"),
+                 "--scale", "0", "100", "--invert"]) == 0
+    assert (tmp_path / "c.json").read_text() == (tmp_path / "b.json").read_text()
+    # KADID-10k's own header: dist_img is the image, dmos higher-is-better on 1..5
+    (tmp_path / "kadid.csv").write_text("dist_img,ref_img,dmos,var\nI01_01_01.png,I01.png,4.57,"
+                                        "0.496\n")
+    r = mos.convert(tmp_path / "kadid.csv", tmp_path / "k.json", scale=(1, 5))
+    [sample] = load_samples(tmp_path / "k.json")
+    assert sample.image_id == "I01_01_01"
+    assert float(scores.mean_score(sample.label)) == pytest.approx(1 + 9 * 3.57 / 4)
+
+
 @pytest.mark.parametrize("content, kwargs, message", [
     ("image,mos\na.jpg,5\nb.jpg,11\n", {}, r"m.csv:3: mos 11 is outside the scale 1..10"),
     ("image,mos\na.jpg,5\nb.jpg,\n", {}, "m.csv:3: mos must be a number"),
@@ -265,6 +306,8 @@ def test_mos_without_header_and_tab_separated(tmp_path):
     ("image,mos,std\na.jpg,5,1\nb.jpg,6,-1\n", {"method": "normal"},
      "m.csv:3: std must not be negative"),
     ("picture,rating\na.jpg,5\n", {}, "m.csv:1: header has no 'image' column"),
+    ("# study 2025\npicture,rating\na.jpg,5\n", {}, "m.csv:2: header has no 'image' column"),
+    ("image,mos,n\na.jpg,5,3\nb.jpg,6,\n", {"min_n": 2}, "m.csv:3: --min-n needs an n value"),
 ])
 def test_mos_malformed_rows_name_file_and_line(tmp_path, content, kwargs, message):
     (tmp_path / "m.csv").write_text(content)
@@ -286,3 +329,18 @@ def test_data_tools_do_not_import_tensorflow():
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "360 images" in r.stdout
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_every_train_and_data_argument_has_help():
+    top = _subparsers(build_parser())
+    parsers = {"train": top["train"], **{f"data {name}": p
+                                          for name, p in _subparsers(top["data"]).items()}}
+    undocumented = [f"nima {name} {a.option_strings[0] if a.option_strings else a.metavar}"
+                    for name, p in parsers.items() for a in p._actions
+                    if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert undocumented == []

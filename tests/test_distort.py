@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from nima import labels, scores
+from nima.errors import DataError, ImageError
 from nima.data import distort
 
 
@@ -138,3 +139,48 @@ def test_cli_distort_and_errors(tmp_path: Path):
     Image.fromarray(photo_like(30)).save(tiny / "small.png")
     r = subprocess.run(cmd[:6] + [str(tiny)] + cmd[7:], capture_output=True, text=True)
     assert r.returncode == 1 and "smaller than the crop size" in r.stderr
+
+
+def test_camera_photos_are_cut_upright(tmp_path: Path):
+    """EXIF orientation is applied, as in training and prediction: a phone photo stored
+    sideways must not be distorted sideways."""
+    src = tmp_path / "src"
+    src.mkdir()
+    stored = np.zeros((80, 120, 3), np.uint8)  # landscape as stored: left black, right white
+    stored[:, 60:] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees to display (portrait, 80x120)
+    Image.fromarray(stored).save(src / "phone.jpg", quality=95, exif=exif)
+    # crop side == short side: the crop spans the full width of the upright photo
+    distort.distort_dataset(src, tmp_path / "out", crops=1, size=80, test_fraction=0.0)
+    ref = np.asarray(Image.open(tmp_path / "out" / "images" / "phone_c00_ref.png"), float)
+    assert ref.shape == (80, 80, 3)
+    # upright, the black/white edge is horizontal: rows are flat, columns are not
+    assert ref.std(axis=1).mean() < 10 < ref.std(axis=0).mean()
+
+
+def test_bad_or_small_source_fails_before_anything_is_written(tmp_path: Path):
+    src = tmp_path / "src"
+    make_sources(src, 2)
+    Image.fromarray(photo_like(30)).save(src / "zz-small.png")  # found last
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"zz-small.png is 30x30, smaller than the crop size 48"):
+        distort.distort_dataset(src, out, crops=1, size=48)
+    (src / "zz-small.png").write_bytes(b"not an image")
+    with pytest.raises(ImageError, match="zz-small.png"):
+        distort.distort_dataset(src, out, crops=1, size=48)
+    assert not out.exists()  # no half-written dataset
+    with pytest.raises(DataError, match="source is not a folder"):
+        distort.distort_dataset(src / "zz-small.png", out, crops=1, size=48)
+
+
+def test_negative_seed_is_one_line_not_a_numpy_traceback(tmp_path: Path):
+    src = tmp_path / "src"
+    make_sources(src, 2)
+    r = subprocess.run([sys.executable, "-m", "nima", "data", "distort", "--source", str(src),
+                        "--out", str(tmp_path / "out"), "--seed", "-1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        "nima data distort: error: --seed must not be negative, got -1"]
+    assert not (tmp_path / "out").exists()

@@ -70,6 +70,19 @@ def test_find_images_any_extension_and_case(tmp_path):
         labels.find_images(samples, tmp_path / "nope")
 
 
+def test_ids_may_be_full_file_names(tmp_path):
+    # pyiqa-style label files name the file ("10004.jpg"); every one used to be "missing"
+    for name in ["10004.jpg", "Photo.PNG", "x.jpg", "x.png", "y.tar.jpg"]:
+        (tmp_path / name).write_bytes(b"x")
+    ids = ["10004.jpg", "photo.png", "x", "x.png", "y.tar", "y.tar.jpg", "10004.png"]
+    samples = labels.parse_samples([{"image_id": i, "label": [1] * 10} for i in ids])
+    found, missing = labels.find_images(samples, tmp_path)
+    assert {s.image_id: p.name for s, p in found} == {
+        "10004.jpg": "10004.jpg", "photo.png": "Photo.PNG", "x": "x.jpg", "x.png": "x.png",
+        "y.tar": "y.tar.jpg", "y.tar.jpg": "y.tar.jpg"}
+    assert missing == ["10004.png"]
+
+
 def test_split_is_seeded_disjoint_and_complete():
     items = list(range(100))
     train, val = labels.split(items, 0.05, seed=3)

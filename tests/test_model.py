@@ -6,7 +6,7 @@ import keras
 
 from nima import scores
 from nima.config import Config
-from nima.errors import ModelError
+from nima.errors import ConfigError, ModelError
 from nima.model import BASES, EMDLoss, Preprocess, base_of, build_model, load_model
 
 
@@ -84,7 +84,8 @@ def test_default_input_size_from_base():
 
 
 def test_unknown_base_and_bad_args():
-    with pytest.raises(ModelError, match="unknown base model 'MobileNetV9'"):
+    # An unknown base is refused by Config itself (tests/test_config.py), before any model.
+    with pytest.raises(ConfigError, match="base_model_name.*MobileNetV9"):
         build_model(Config(base_model_name="MobileNetV9", base_weights=None))
     with pytest.raises(ModelError, match="base_model_args"):
         build_model(Config(base_model_name="MobileNet", base_weights=None, input_size=64,

@@ -28,7 +28,8 @@ def _train(sub: argparse._SubParsersAction) -> None:
                    "models/MobileNet/config_aesthetic_cpu.json")
     p.add_argument("--samples-file", type=Path, help="label JSON: "
                    '[{"image_id": ..., "label": [10 numbers]}, ...]')
-    p.add_argument("--image-dir", type=Path, help="folder with <image_id>.<ext> files")
+    p.add_argument("--image-dir", type=Path, help="folder with <image_id>.<ext> files; with "
+                   "--resume, overrides the folder the job was started with")
     p.add_argument("--job-dir", type=Path, help="output folder (default: train_jobs/<timestamp>)")
     p.add_argument("--resume", type=Path, metavar="JOB_DIR",
                    help="continue a stopped job from its last completed epoch")
@@ -199,8 +200,9 @@ def _data_ava(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ava", help="AVA.txt -> train/test label files (vote counts)",
                        description="Make ava_labels_train.json and ava_labels_test.json from "
                        "AVA.txt (index, image id, 10 vote counts, tag 1, tag 2, challenge).")
-    p.add_argument("ava_file", type=Path, metavar="AVA.txt")
-    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("ava_file", type=Path, metavar="AVA.txt", help="AVA's AVA.txt")
+    p.add_argument("--out-dir", type=Path, required=True,
+                   help="folder for ava_labels_train.json and ava_labels_test.json")
     p.add_argument("--tags", nargs="+", metavar="TAG", default=(),
                    help="keep images with one of these semantic tags (names need --tags-file)")
     p.add_argument("--tags-file", type=Path, metavar="tags.txt", help="tag id -> name list")
@@ -233,8 +235,10 @@ def _data_tid2013(sub: argparse._SubParsersAction) -> None:
                        "mos_with_names.txt: MOS 0..9 is rescaled to 1..10 and spread by maximum "
                        "entropy; the split is by reference image (default test I01-I03, as in "
                        "the shipped data/TID2013 files).")
-    p.add_argument("mos_file", type=Path, metavar="mos_with_names.txt")
-    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("mos_file", type=Path, metavar="mos_with_names.txt",
+                   help="TID2013's 'MOS filename' list")
+    p.add_argument("--out-dir", type=Path, required=True,
+                   help="folder for tid_labels_train.json and tid_labels_test.json")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--test-refs", nargs="+", metavar="REF", help="test reference images, "
                    "e.g. I01 I02 I03 (default)")
@@ -259,18 +263,24 @@ def _data_mos(sub: argparse._SubParsersAction) -> None:
                        description="Columns image, mos[, std][, n] (by header name, or in "
                        "this order). Scores on --scale are mapped to 1..10 and spread over the "
                        "bins by maximum entropy or as a discretised normal (needs std).")
-    p.add_argument("csv_file", type=Path, metavar="FILE.csv")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE.json")
+    p.add_argument("csv_file", type=Path, metavar="FILE.csv",
+                   help="image, mos[, std][, n] per line; comma, semicolon, tab or spaces")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.json",
+                   help="the label file to write")
     p.add_argument("--scale", type=float, nargs=2, default=(1.0, 10.0), metavar=("LO", "HI"),
                    help="the score scale of the file (default 1 10)")
-    p.add_argument("--method", choices=("maxent", "normal"), default="maxent")
+    p.add_argument("--method", choices=("maxent", "normal"), default="maxent",
+                   help="maxent (default): maximum-entropy distribution with the mean; "
+                   "normal: discretised N(mos, std), needs a std column")
     p.add_argument("--min-n", type=float, help="drop images rated fewer times (needs n)")
+    p.add_argument("--invert", action="store_true", help="lower scores are better (e.g. "
+                   "LIVE's DMOS): each score s is read as LO + HI - s")
 
     def run(a: argparse.Namespace) -> int:
         from nima.data import mos
 
         r = mos.convert(a.csv_file, a.out, scale=tuple(a.scale), method=a.method,
-                        min_n=a.min_n)
+                        min_n=a.min_n, invert=a.invert)
         extra = f" ({r.dropped_min_n} with n < {a.min_n:g} dropped)" if r.dropped_min_n else ""
         print(f"{r.written} of {r.rows} images -> {a.out}{extra}")
         return EXIT_OK
@@ -282,10 +292,12 @@ def _data_undersample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("undersample", help="at most N images per rating bin",
                        description="Keep at most N images per rating bin (mean score rounded "
                        "to 1..10), chosen with a seed; rows keep their order and raw labels.")
-    p.add_argument("labels", type=Path, metavar="LABELS")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--max-per-bin", type=int, required=True, metavar="N")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("labels", type=Path, metavar="LABELS", help="label file")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.json",
+                   help="the undersampled label file to write")
+    p.add_argument("--max-per-bin", type=int, required=True, metavar="N",
+                   help="keep at most N images per rating bin")
+    p.add_argument("--seed", type=int, default=0, help="which images are kept (default 0)")
 
     def run(a: argparse.Namespace) -> int:
         from nima.data.undersample import undersample
@@ -304,8 +316,9 @@ def _data_check(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="find bad rows and missing/broken/tiny images",
                        description="Report every bad label row (with its index), duplicate id, "
                        "missing, unreadable, truncated and tiny image. Exit code 3 if any.")
-    p.add_argument("labels", type=Path, metavar="LABELS")
-    p.add_argument("--image-dir", type=Path, help="folder with <image_id>.<ext> files")
+    p.add_argument("labels", type=Path, metavar="LABELS", help="label file")
+    p.add_argument("--image-dir", type=Path, help="folder with <image_id>.<ext> files "
+                   "(without it only the rows are checked)")
     p.add_argument("--write-clean", type=Path, metavar="OUT", help="write only the good rows")
     p.add_argument("--full-decode", action="store_true",
                    help="decode every image (slow) instead of header and end-marker checks")
@@ -337,7 +350,7 @@ def _data_check(sub: argparse._SubParsersAction) -> None:
 def _data_stats(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stats", help="counts, votes per image, mean-score histogram",
                        description="Summarise a label file; --png also draws the histogram.")
-    p.add_argument("labels", type=Path, metavar="LABELS")
+    p.add_argument("labels", type=Path, metavar="LABELS", help="label file")
     p.add_argument("--png", type=Path, metavar="OUT.png", help="histogram as a PNG")
 
     def run(a: argparse.Namespace) -> int:

@@ -25,6 +25,41 @@ MAX_FILE_BYTES = 1 << 20  # a config is a few hundred bytes
 
 
 @dataclass(frozen=True)
+class BaseSpec:
+    preprocess: str  # "tf" [-1, 1] | "torch" ImageNet mean/std | "caffe" BGR minus mean | "none"
+    input_size: int
+
+
+def _family(names: list[str], preprocess: str, size: int | list[int]) -> dict[str, BaseSpec]:
+    sizes = size if isinstance(size, list) else [size] * len(names)
+    return {n: BaseSpec(preprocess, s) for n, s in zip(names, sizes)}
+
+
+# The keras.applications models a config may name, with their preprocessing (used by
+# nima.model) and default input side. The table lives here, free of Keras, so that a config
+# naming an unknown base, or a resize_size below the base's default input, fails on load,
+# not after every image has been probed.
+# "none" families rescale inside the model itself.
+BASES: dict[str, BaseSpec] = {
+    **_family(["MobileNet", "MobileNetV2"], "tf", 224),
+    **_family(["MobileNetV3Small", "MobileNetV3Large"], "none", 224),
+    **_family(["InceptionV3", "InceptionResNetV2", "Xception"], "tf", 299),
+    **_family(["ResNet50", "ResNet101", "ResNet152"], "caffe", 224),
+    **_family(["ResNet50V2", "ResNet101V2", "ResNet152V2"], "tf", 224),
+    **_family(["VGG16", "VGG19"], "caffe", 224),
+    **_family(["DenseNet121", "DenseNet169", "DenseNet201"], "torch", 224),
+    **_family(["NASNetMobile", "NASNetLarge"], "tf", [224, 331]),
+    **_family([f"EfficientNetB{i}" for i in range(8)], "none",
+              [224, 240, 260, 300, 380, 456, 528, 600]),
+    **_family(["EfficientNetV2B0", "EfficientNetV2B1", "EfficientNetV2B2", "EfficientNetV2B3",
+               "EfficientNetV2S", "EfficientNetV2M", "EfficientNetV2L"], "none",
+              [224, 240, 260, 300, 384, 480, 480]),
+    **_family(["ConvNeXtTiny", "ConvNeXtSmall", "ConvNeXtBase", "ConvNeXtLarge",
+               "ConvNeXtXLarge"], "none", 224),
+}
+
+
+@dataclass(frozen=True)
 class Config:
     """All hyper-parameters of one training run. Field names are the JSON keys."""
 
@@ -93,6 +128,11 @@ class Config:
         data = read_json_file(path, "config file", MAX_FILE_BYTES, ConfigError)
         return cls.from_dict(data, source=str(path))
 
+    @property
+    def model_input_size(self) -> int:
+        """The network's input side: input_size, or the base model's default when null."""
+        return self.input_size or BASES[self.base_model_name].input_size
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -145,15 +185,22 @@ def _check_values(cfg: Config) -> None:
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"key {key!r} {why}, got {json.dumps(getattr(cfg, key))}")
 
-    if not cfg.base_model_name.strip():
-        raise bad("base_model_name", "must not be empty")
+    if cfg.base_model_name not in BASES:
+        raise bad("base_model_name", "must be one of the supported keras.applications models ("
+                  + ", ".join(sorted(BASES)) + ")")
     if cfg.input_size is not None and not 32 <= cfg.input_size <= 2048:
         raise bad("input_size", "must be between 32 and 2048")
     if cfg.resize_size is not None and not 32 <= cfg.resize_size <= 4096:
         raise bad("resize_size", "must be between 32 and 4096")
-    if (cfg.resize_size is not None and cfg.input_size is not None
-            and cfg.resize_size < cfg.input_size):
-        raise bad("resize_size", f"must be at least input_size ({cfg.input_size})")
+    # Training crops input_size pixels out of resize_size: with input_size null that is the
+    # base's own default, e.g. 299 for InceptionV3, more than the default resize_size 256.
+    # Without random_crop, resize_size is unused (images are resized to the input size).
+    if (cfg.random_crop and cfg.resize_size is not None
+            and cfg.resize_size < cfg.model_input_size):
+        size = (f"input_size ({cfg.input_size})" if cfg.input_size is not None else
+                f"the input size of {cfg.base_model_name} ({cfg.model_input_size}; "
+                "input_size is null)")
+        raise bad("resize_size", f"must be at least {size}")
     if cfg.batchnorm_momentum is not None and not 0.0 <= cfg.batchnorm_momentum < 1.0:
         raise bad("batchnorm_momentum", "must be in [0, 1)")
     if cfg.task not in TASKS:

@@ -3,7 +3,8 @@
 Format: a JSON array of `{"image_id": str, "label": [10 numbers]}`. Labels are vote counts
 (AVA) or probabilities (TID2013); both are normalised on load. Images are
 `<image_dir>/<image_id>.<ext>` with any common extension in any case (TID2013 uses .bmp and
-mixes `I01_..`/`i01_..` ids), found with one directory listing instead of a stat per guess.
+mixes `I01_..`/`i01_..` ids), or `<image_dir>/<image_id>` when the id is a full file name;
+found with one directory listing instead of a stat per guess.
 """
 
 from __future__ import annotations
@@ -153,17 +154,20 @@ def samples_to_json(samples: Iterable[Sample]) -> str:
 
 
 def index_images(image_dir: str | Path) -> dict[str, Path]:
-    """Map image id (file stem) -> path for every image file directly in image_dir.
+    """Map image id -> path for every image file directly in image_dir; look ids up with
+    `find_image`.
 
-    Exact-case stems win; a lower-cased key is added as a fallback so that TID2013's
-    `i04_01_2` finds `I04_01_2.BMP`.
+    An id is the file's stem (AVA's `231893` -> `231893.jpg`) or, as in pyiqa-style label
+    files, its full name (`231893.jpg`). Exact case wins; lower-cased keys are a fallback so
+    that TID2013's `i04_01_2` finds `I04_01_2.BMP`.
     """
     image_dir = Path(image_dir)
     if not image_dir.exists():
         raise DataError(f"image directory not found: {image_dir}")
     if not image_dir.is_dir():
         raise DataError(f"image directory is not a directory: {image_dir}")
-    exact: dict[str, Path] = {}
+    stems: dict[str, Path] = {}
+    names: dict[str, Path] = {}
     folded: dict[str, Path] = {}
     try:
         entries = list(os.scandir(image_dir))
@@ -172,10 +176,18 @@ def index_images(image_dir: str | Path) -> dict[str, Path]:
     for entry in sorted(entries, key=lambda e: e.name):
         if not is_image_file(entry.name):
             continue
+        path = Path(entry.path)
         stem = os.path.splitext(entry.name)[0]
-        exact.setdefault(stem, Path(entry.path))
-        folded.setdefault(stem.lower(), Path(entry.path))
-    return {**folded, **exact}
+        stems.setdefault(stem, path)
+        names.setdefault(entry.name, path)
+        folded.setdefault(stem.lower(), path)
+        folded.setdefault(entry.name.lower(), path)
+    return {**folded, **names, **stems}
+
+
+def find_image(index: dict[str, Path], image_id: str) -> Path | None:
+    """The file of `image_id` in an `index_images` index, or None."""
+    return index.get(image_id) or index.get(image_id.lower())
 
 
 def find_images(
@@ -185,7 +197,7 @@ def find_images(
     index = index_images(image_dir)
     found, missing = [], []
     for s in samples:
-        path = index.get(s.image_id) or index.get(s.image_id.lower())
+        path = find_image(index, s.image_id)
         if path is None:
             missing.append(s.image_id)
         else:

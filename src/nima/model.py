@@ -11,48 +11,17 @@ the same input, and safe-mode loading never has to deserialise Python code.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 from keras import ops
 
-from nima.config import Config
+from nima.config import BASES, Config
 from nima.errors import ModelError
 from nima.scores import N_BINS
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class BaseSpec:
-    preprocess: str  # "tf" [-1, 1] | "torch" ImageNet mean/std | "caffe" BGR minus mean | "none"
-    input_size: int
-
-
-def _family(names: list[str], preprocess: str, size: int | list[int]) -> dict[str, BaseSpec]:
-    sizes = size if isinstance(size, list) else [size] * len(names)
-    return {n: BaseSpec(preprocess, s) for n, s in zip(names, sizes)}
-
-
-# keras.applications models by name. "none" families rescale inside the model itself.
-BASES: dict[str, BaseSpec] = {
-    **_family(["MobileNet", "MobileNetV2"], "tf", 224),
-    **_family(["MobileNetV3Small", "MobileNetV3Large"], "none", 224),
-    **_family(["InceptionV3", "InceptionResNetV2", "Xception"], "tf", 299),
-    **_family(["ResNet50", "ResNet101", "ResNet152"], "caffe", 224),
-    **_family(["ResNet50V2", "ResNet101V2", "ResNet152V2"], "tf", 224),
-    **_family(["VGG16", "VGG19"], "caffe", 224),
-    **_family(["DenseNet121", "DenseNet169", "DenseNet201"], "torch", 224),
-    **_family(["NASNetMobile", "NASNetLarge"], "tf", [224, 331]),
-    **_family([f"EfficientNetB{i}" for i in range(8)], "none",
-              [224, 240, 260, 300, 380, 456, 528, 600]),
-    **_family(["EfficientNetV2B0", "EfficientNetV2B1", "EfficientNetV2B2", "EfficientNetV2B3",
-               "EfficientNetV2S", "EfficientNetV2M", "EfficientNetV2L"], "none",
-              [224, 240, 260, 300, 384, 480, 480]),
-    **_family(["ConvNeXtTiny", "ConvNeXtSmall", "ConvNeXtBase", "ConvNeXtLarge",
-               "ConvNeXtXLarge"], "none", 224),
-}
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
@@ -112,24 +81,13 @@ class EMDLoss(keras.losses.Loss):
         return {**super().get_config(), "r": self.r}
 
 
-def base_spec(name: str) -> BaseSpec:
-    if name in BASES:
-        return BASES[name]
-    if hasattr(keras.applications, name):
-        raise ModelError(
-            f"base model {name!r} exists in keras.applications but its preprocessing is not "
-            f"registered in nima.model.BASES; add it there"
-        )
-    raise ModelError(f"unknown base model {name!r}; choose one of: {', '.join(sorted(BASES))}")
-
-
 def input_size_for(config: Config) -> int:
-    return config.input_size or base_spec(config.base_model_name).input_size
+    return config.model_input_size  # Config has checked base_model_name against BASES
 
 
 def build_base(config: Config, input_size: int) -> keras.Model:
     """The keras.applications CNN without its top, global-average pooled."""
-    spec = base_spec(config.base_model_name)  # validates the name
+    spec = BASES[config.base_model_name]
     constructor = getattr(keras.applications, config.base_model_name)
     weights = config.base_weights
     kwargs = dict(include_top=False, pooling="avg", input_shape=(input_size, input_size, 3),
@@ -165,7 +123,7 @@ def build_base(config: Config, input_size: int) -> keras.Model:
 def build_model(config: Config) -> keras.Model:
     size = input_size_for(config)
     inputs = keras.Input((size, size, 3), name="image")
-    x = Preprocess(base_spec(config.base_model_name).preprocess, name="preprocess")(inputs)
+    x = Preprocess(BASES[config.base_model_name].preprocess, name="preprocess")(inputs)
     x = build_base(config, size)(x)
     x = keras.layers.Dropout(config.dropout_rate, name="dropout")(x)
     # float32 softmax even under mixed precision: fp16 probabilities make the EMD noisy.

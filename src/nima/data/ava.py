@@ -15,7 +15,7 @@ from typing import Sequence
 
 from nima.data.labelfile import input_error, read_lines, write_label_rows
 from nima.errors import DataError
-from nima.labels import index_images, split, validate_image_id
+from nima.labels import find_image, index_images, split, validate_image_id
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def build(ava_file: str | Path, out_dir: str | Path, *, tags: Sequence[str] = ()
     if image_dir is not None:
         index = index_images(image_dir)
         n = len(kept)
-        kept = [r for r in kept if r.image_id in index or r.image_id.lower() in index]
+        kept = [r for r in kept if find_image(index, r.image_id)]
         dropped["image missing"] = n - len(kept)
     if not kept:
         raise DataError(f"no images of {ava_file} are left after filtering: "

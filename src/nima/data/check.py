@@ -6,8 +6,8 @@ the first. Images: missing, unreadable (header), truncated, smaller than --min-s
 
 Speed: header checks (Pillow reads a few hundred bytes) plus, for JPEG and PNG, a look at the
 file's last bytes for the end marker; only a file without one is fully decoded to confirm it
-is truncated (some cameras append data after the end marker). --full-decode decodes every
-image. Files are checked in a thread pool: the work is mostly I/O wait and Pillow's decoders
+is truncated (some cameras append data after the end marker). Other formats (TID2013's BMPs,
+TIFF, WebP) have no end marker and are decoded. --full-decode decodes every image. Files are checked in a thread pool: the work is mostly I/O wait and Pillow's decoders
 release the GIL.
 """
 
@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from nima.data.labelfile import read_label_json, write_label_rows
-from nima.errors import ImageError
+from nima.errors import DataError, ImageError
 from nima.images import open_image
-from nima.labels import index_images, validate_image_id, validate_label
+from nima.labels import find_image, index_images, validate_image_id, validate_label
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,12 @@ def check_row(row: Any) -> str | None:
 
 
 def _ends_cleanly(path: Path, fmt: str | None) -> bool:
-    """True unless a JPEG/PNG lacks its end marker (cheap: reads the last 64 bytes)."""
+    """True if a JPEG/PNG has its end marker (cheap: reads the last 64 bytes). Other formats
+    have no such marker (a BMP or TIFF cut in half has an intact header), so they are False:
+    the caller decodes them."""
     marker = {"JPEG": _JPEG_END, "PNG": _PNG_END}.get(fmt or "")
     if marker is None:
-        return True
+        return False
     with open(path, "rb") as f:
         f.seek(0, os.SEEK_END)
         f.seek(max(f.tell() - 64, 0))
@@ -113,6 +115,10 @@ def check_image(path: Path, full_decode: bool = False, min_size: int = 0) -> tup
 def check(labels_file: str | Path, image_dir: str | Path | None = None, *,
           full_decode: bool = False, min_size: int = 0, workers: int | None = None,
           write_clean: str | Path | None = None) -> CheckResult:
+    if workers is not None and workers < 1:
+        raise DataError(f"--workers must be at least 1, got {workers}")
+    if min_size < 0:
+        raise DataError(f"--min-size must not be negative, got {min_size}")
     data = read_label_json(labels_file)
     result = CheckResult(rows=len(data), good=[])
     seen: dict[str, int] = {}
@@ -137,7 +143,7 @@ def check(labels_file: str | Path, image_dir: str | Path | None = None, *,
         located: list[tuple[int, Path]] = []
         for i in candidates:
             image_id = data[i]["image_id"]
-            path = index.get(image_id) or index.get(image_id.lower())
+            path = find_image(index, image_id)
             if path is None:
                 result.problems.append(Problem("missing", i, image_id,
                                                f"row {i}: no image for {image_id!r} in {image_dir}"))
@@ -154,7 +160,7 @@ def check(labels_file: str | Path, image_dir: str | Path | None = None, *,
         result.images_checked = len(located)
         result.unlabelled = len(set(index.values()) - {p for _, p in located})
         for i, (kind, message) in bad.items():
-            result.problems.append(Problem(kind, i, data[i]["image_id"], message))
+            result.problems.append(Problem(kind, i, data[i]["image_id"], f"row {i}: {message}"))
         result.good = [i for i, _ in located if i not in bad]
     result.problems.sort(key=lambda p: p.index)
     if write_clean is not None:

@@ -110,8 +110,10 @@ class Source:
 def find_sources(source_dir: Path) -> list[Source]:
     """Every image under source_dir, with an id-safe unique name per file."""
     source_dir = Path(source_dir)
-    if not source_dir.is_dir():
+    if not source_dir.exists():
         raise DataError(f"source folder not found: {source_dir}")
+    if not source_dir.is_dir():
+        raise DataError(f"source is not a folder: {source_dir}")
     result, seen = [], set()
     for path in images.iter_image_files(source_dir):
         rel = path.relative_to(source_dir).with_suffix("")
@@ -123,6 +125,17 @@ def find_sources(source_dir: Path) -> list[Source]:
     if not result:
         raise DataError(f"no images in {source_dir}")
     return result
+
+
+def check_sources(sources: list[Source], size: int) -> None:
+    """Read every source's header before anything is written: a broken or too small photo
+    found halfway would leave a half-written dataset behind."""
+    for src in sources:
+        with images.open_image(src.path) as img:  # ImageError: one sentence naming the file
+            w, h = img.size
+        if min(w, h) < size:
+            raise DataError(f"source image {src.path} is {w}x{h}, smaller than the crop size "
+                            f"{size}: remove it or lower --size")
 
 
 def split_sources(sources: list[Source], test_fraction: float, seed: int
@@ -165,7 +178,10 @@ def distort_dataset(source_dir: str | Path, out_dir: str | Path, *, seed: int = 
         raise DataError(f"--crops must be at least 1, got {crops}")
     if size < 32:
         raise DataError(f"--size must be at least 32, got {size}")
+    if seed < 0:  # numpy's generators take non-negative seeds only
+        raise DataError(f"--seed must not be negative, got {seed}")
     sources = find_sources(Path(source_dir))
+    check_sources(sources, size)
     train, test = split_sources(sources, test_fraction, seed)
     out = Path(out_dir)
     image_dir = out / "images"
@@ -173,8 +189,8 @@ def distort_dataset(source_dir: str | Path, out_dir: str | Path, *, seed: int = 
     rows: dict[str, list[labels.Sample]] = {"train": [], "test": []}
     side_of = {s.name: "train" for s in train} | {s.name: "test" for s in test}
     for index, src in enumerate(sources):
-        img = images.to_rgb(images.open_image(src.path))
-        arr = np.asarray(img)
+        # The decoder training and prediction use: EXIF orientation applied, any mode to RGB.
+        arr = images.load_image(src.path)
         # One generator per source, independent of the split and of the other sources.
         rng = np.random.default_rng([seed, index])
         for k, crop in enumerate(random_crops(arr, crops, size, rng)):

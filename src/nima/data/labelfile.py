@@ -15,6 +15,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from nima import files
 from nima.errors import DataError, LabelError
+from nima.labels import MAX_FILE_BYTES, read_json_file
 
 
 def input_error(path: str | Path, lineno: int, message: str) -> DataError:
@@ -56,22 +57,17 @@ def parse_number(path: str | Path, lineno: int, field: str, text: str) -> float:
 
 
 def read_label_json(path: str | Path) -> list[Any]:
-    """The decoded JSON array of a label file, rows unvalidated."""
+    """The decoded JSON array of a label file, rows unvalidated.
+
+    Read like the trainer reads it (`nima.labels.read_json_file`: BOM, size limit, nesting,
+    positions in errors), so a file the tools accept is one training accepts, and vice versa.
+    """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LabelError(f"samples file not found: {path}") from None
-    except IsADirectoryError:
-        raise LabelError(f"samples file is a directory: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise LabelError(f"cannot read samples file {path}: {e}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise LabelError(f"{path}:{e.lineno}: invalid JSON at column {e.colno}: {e.msg}") from None
+    data = read_json_file(path, "samples file", MAX_FILE_BYTES, LabelError)
     if not isinstance(data, list):
         raise LabelError(f"{path}: expected a JSON array of samples, got {type(data).__name__}")
+    if not data:
+        raise LabelError(f"{path}: contains no samples")
     return data
 
 

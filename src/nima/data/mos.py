@@ -3,8 +3,9 @@
 Columns (by header name, or in this order without a header): image, mos, and optionally std
 (raters' standard deviation, same scale as mos) and n (number of ratings). Scores on any
 stated scale are mapped linearly onto 1..10, then spread over the bins by maximum entropy
-(mean only) or as a discretised normal (mean and std). Image names lose a known image
-extension and become ids: `photo.jpg` -> `photo`, found in the training --image-dir.
+(mean only) or as a discretised normal (mean and std). Scores where lower is better (LIVE's
+DMOS) are flipped onto the scale with `invert`. Image names lose a known image extension and
+become ids: `photo.jpg` -> `photo`, found in the training --image-dir.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 
 METHODS = ("maxent", "normal")
 COLUMNS = ("image", "mos", "std", "n")
-ALIASES = {"image": ("image", "image_id", "file", "filename", "name", "path"),
+ALIASES = {"image": ("image", "image_id", "image_name", "img", "dist_img", "file", "filename",
+                     "name", "path"),
            "mos": ("mos", "score", "mean", "mean_score", "dmos"),
            "std": ("std", "sd", "stddev", "std_dev", "mos_std"),
            "n": ("n", "count", "votes", "num_ratings", "ratings")}
@@ -44,7 +46,7 @@ class MosRow:
     lineno: int
 
 
-def _header_columns(path: Path, header: Sequence[str]) -> dict[str, int]:
+def _header_columns(path: Path, lineno: int, header: Sequence[str]) -> dict[str, int]:
     names = [h.strip().lower() for h in header]
     cols: dict[str, int] = {}
     for key, aliases in ALIASES.items():
@@ -54,15 +56,18 @@ def _header_columns(path: Path, header: Sequence[str]) -> dict[str, int]:
                 break
     for key in ("image", "mos"):
         if key not in cols:
-            raise input_error(path, 1, f"header has no {key!r} column (one of "
+            raise input_error(path, lineno, f"header has no {key!r} column (one of "
                               f"{', '.join(ALIASES[key])}); got {', '.join(header)}")
     return cols
 
 
-def read_mos_csv(path: str | Path) -> list[MosRow]:
+def read_mos_csv(path: str | Path) -> tuple[list[MosRow], str]:
+    """The rows, and the header of the score column ("" without a header)."""
     path = Path(path)
     text = read_text(path, "MOS file")
-    first = next((ln for ln in text.splitlines() if ln.strip()), "")
+    # the delimiter of the first data or header line: a comment above it may hold any text
+    first = next((ln for ln in text.splitlines()
+                  if ln.strip() and not ln.lstrip().startswith("#")), "")
     delimiter = max(",;\t", key=first.count) if any(c in first for c in ",;\t") else None
     if delimiter:
         records = list(csv.reader(io.StringIO(text), delimiter=delimiter))
@@ -72,12 +77,14 @@ def read_mos_csv(path: str | Path) -> list[MosRow]:
                 if r and any(f.strip() for f in r) and not r[0].lstrip().startswith("#")]
     if not numbered:
         raise DataError(f"{path}: contains no rows")
-    head = numbered[0][1]
+    head_line, head = numbered[0]
+    score_header = ""
     try:
         float(head[1]) if len(head) > 1 else float("x")
         cols = {k: i for i, k in enumerate(COLUMNS[:len(head)])}
     except ValueError:
-        cols = _header_columns(path, head)
+        cols = _header_columns(path, head_line, head)
+        score_header = head[cols["mos"]].strip().lower()
         numbered = numbered[1:]
     rows: list[MosRow] = []
     first_line: dict[str, int] = {}
@@ -104,16 +111,17 @@ def read_mos_csv(path: str | Path) -> list[MosRow]:
         rows.append(MosRow(image_id, mos, extra["std"], extra["n"], lineno))
     if not rows:
         raise DataError(f"{path}: contains no rows")
-    return rows
+    return rows, score_header
 
 
 def to_distribution(row: MosRow, path: Path, scale: tuple[float, float],
-                    method: str) -> np.ndarray:
+                    method: str, invert: bool = False) -> np.ndarray:
     lo, hi = scale
     if not lo <= row.mos <= hi:
         raise input_error(path, row.lineno, f"mos {row.mos:g} is outside the scale "
                           f"{lo:g}..{hi:g} (set --scale LO HI)")
-    mean = min(max(rescale(row.mos, lo, hi), 1.0), 10.0)
+    score = lo + hi - row.mos if invert else row.mos  # lower-is-better scores, e.g. LIVE DMOS
+    mean = min(max(rescale(score, lo, hi), 1.0), 10.0)
     if method == "maxent":
         return maxent_distribution(mean)
     if row.std is None:
@@ -129,22 +137,29 @@ class MosResult:
 
 
 def convert(csv_file: str | Path, out: str | Path, *, scale: tuple[float, float] = (1.0, 10.0),
-            method: str = "maxent", min_n: float | None = None) -> MosResult:
+            method: str = "maxent", min_n: float | None = None,
+            invert: bool = False) -> MosResult:
     path = Path(csv_file)
     lo, hi = scale
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise DataError(f"scale must be two finite numbers LO < HI, got {lo:g} {hi:g}")
     if method not in METHODS:
         raise DataError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    rows = read_mos_csv(path)
+    rows, score_header = read_mos_csv(path)
+    if score_header == "dmos" and not invert:
+        # "DMOS" means lower-is-better in LIVE and CSIQ but higher-is-better in KADID-10k
+        log.warning("%s: column 'dmos' is read as higher = better (as in KADID-10k); if lower "
+                    "is better in your dataset (LIVE, CSIQ), pass --invert", path)
     kept = rows
     if min_n is not None:
         without = [r for r in rows if r.n is None]
         if without:
-            raise input_error(path, without[0].lineno, "--min-n needs an n column")
+            raise input_error(path, without[0].lineno, "--min-n needs an n value on every "
+                              "row (an n column)")
         kept = [r for r in rows if r.n >= min_n]
     if not kept:
         raise DataError(f"{path}: no rows left with n >= {min_n:g}")
-    labels = [(r.image_id, to_distribution(r, path, scale, method).tolist()) for r in kept]
+    labels = [(r.image_id, to_distribution(r, path, scale, method, invert).tolist())
+              for r in kept]
     write_label_rows(out, labels)
     return MosResult(len(rows), len(labels), len(rows) - len(kept))

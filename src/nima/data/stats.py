@@ -39,23 +39,20 @@ def _is_count(v: Any) -> bool:
 def compute(labels_file: str | Path) -> Stats:
     data = read_label_json(labels_file)
     samples = parse_samples(data, source=str(labels_file))
-    labels = np.stack([s.label for s in samples]) if samples else np.zeros((0, scores.N_BINS))
+    labels = np.stack([s.label for s in samples])  # read_label_json refuses an empty file
     means = scores.mean_score(labels)
     sds = scores.sd_score(labels)
-    counts = bool(samples) and all(_is_count(v) for row in data for v in row["label"])
+    counts = all(_is_count(v) for row in data for v in row["label"])
     st = Stats(str(labels_file), len(samples), counts, means=means)
     if counts:
         totals = np.array([sum(row["label"]) for row in data], dtype=np.float64)
         st.votes = {"min": float(totals.min()), "median": float(np.median(totals)),
                     "max": float(totals.max()), "total": float(totals.sum())}
-    if samples:
-        st.mean = {"min": float(means.min()), "median": float(np.median(means)),
-                   "max": float(means.max()), "mean": float(means.mean()),
-                   "std": float(means.std())}
-        st.sd = {"min": float(sds.min()), "median": float(np.median(sds)),
-                 "max": float(sds.max())}
-        st.above_5 = float((means > 5).mean())
-        st.histogram = np.histogram(means, bins=EDGES)[0].tolist()
+    st.mean = {"min": float(means.min()), "median": float(np.median(means)),
+               "max": float(means.max()), "mean": float(means.mean()), "std": float(means.std())}
+    st.sd = {"min": float(sds.min()), "median": float(np.median(sds)), "max": float(sds.max())}
+    st.above_5 = float((means > 5).mean())
+    st.histogram = np.histogram(means, bins=EDGES)[0].tolist()
     return st
 
 
@@ -66,8 +63,6 @@ def format_text(st: Stats, width: int = 50) -> str:
         v = st.votes
         lines.append(f"votes per image: min {v['min']:g}, median {v['median']:g}, "
                      f"max {v['max']:g} ({v['total']:.0f} votes)")
-    if not st.images:
-        return "\n".join(lines)
     m, s = st.mean, st.sd
     lines.append(f"mean score: min {m['min']:.3f}, median {m['median']:.3f}, max {m['max']:.3f}, "
                  f"mean {m['mean']:.3f} +- {m['std']:.3f}")

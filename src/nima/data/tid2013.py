@@ -113,6 +113,9 @@ def build(mos_file: str | Path, out_dir: str | Path, *, test_refs: Sequence[str]
                             f"(it has I{refs[0]:02d}..I{refs[-1]:02d})")
     test = [r for r in rows if r.reference in chosen]
     train = [r for r in rows if r.reference not in chosen]
+    if not train:
+        raise DataError(f"every reference image of {mos_file} is a test reference: "
+                        "no training images would be left")
     out_dir = Path(out_dir)
     for name, part in (("train", train), ("test", test)):
         write_label_rows(out_dir / f"{prefix}_{name}.json",

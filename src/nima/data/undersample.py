@@ -39,7 +39,7 @@ def undersample(labels_file: str | Path, out: str | Path, max_per_bin: int,
         raise DataError(f"max per bin must be at least 1, got {max_per_bin}")
     data = read_label_json(labels_file)
     samples = parse_samples(data, source=str(labels_file))
-    means = scores.mean_score(np.stack([s.label for s in samples])) if samples else []
+    means = scores.mean_score(np.stack([s.label for s in samples]))
     by_bin: dict[int, list[int]] = defaultdict(list)
     for i, m in enumerate(means):
         by_bin[rating_bin(float(m))].append(i)
