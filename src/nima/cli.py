@@ -39,20 +39,21 @@ def _train(sub: argparse._SubParsersAction) -> None:
                    "replaces the config's base_weights")
 
     def run(a: argparse.Namespace) -> int:
-        from nima import train
-        from nima.config import Config
-
-        if a.resume:
-            if a.init_model:
-                raise UsageError("--init-model starts a new job; --resume continues one")
-            train.resume(a.resume, a.image_dir)
-            return EXIT_OK
         missing = [f"--{n.replace('_', '-')}" for n in ("config_file", "samples_file", "image_dir")
                    if getattr(a, n) is None]
-        if missing:
+        if missing and not a.resume:  # before importing TensorFlow: a usage error is instant
             raise UsageError(f"train needs {', '.join(missing)} (or --resume JOB_DIR)")
-        train.train(Config.load(a.config_file), a.samples_file, a.image_dir, a.job_dir,
-                    init_model=a.init_model)
+        if a.resume and a.init_model:
+            raise UsageError("--init-model starts a new job; --resume continues one")
+        from nima.config import Config
+
+        config = None if a.resume else Config.load(a.config_file)  # errors before TF's import
+        from nima import train
+
+        if a.resume:
+            train.resume(a.resume, a.image_dir)
+            return EXIT_OK
+        train.train(config, a.samples_file, a.image_dir, a.job_dir, init_model=a.init_model)
         return EXIT_OK
 
     p.set_defaults(run=run)
@@ -549,7 +550,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except UsageError as e:
-        parser.error(str(e))
+        # the subcommand's own usage line and prog ("nima train: error: ..."), not nima's
+        sub = parser
+        for name in command.split():
+            sub = next(a for a in sub._actions
+                       if isinstance(a, argparse._SubParsersAction)).choices[name]
+        sub.error(str(e))
     except NimaError as e:
         if args.debug:
             raise

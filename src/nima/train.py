@@ -81,6 +81,8 @@ def train(
     """
     samples = labels.load_samples(samples_file)
     image_dir = Path(image_dir).resolve()
+    if not image_dir.is_dir():  # before a job dir is made for nothing
+        raise DataError(f"image directory not found (or not a directory): {image_dir}")
     if init_model is not None:
         init_model = _init_model_file(init_model)
     job = new_job_dir(job_dir) if is_chief() else worker_dir()
@@ -111,10 +113,18 @@ def resume(job_dir: str | Path, image_dir: str | Path | None = None) -> Path:
     config = Config.load(source / "config.json")
     samples = labels.load_samples(source / "samples.json")
     meta = labels.read_json_file(source / "job.json", "job file", 1 << 20, NimaError)
-    image_dir = Path(image_dir or meta["image_dir"])
+    recorded = meta.get("image_dir") if isinstance(meta, dict) else None
+    if not (image_dir or isinstance(recorded, str)):
+        raise NimaError(f"{source / 'job.json'} records no image_dir: give --image-dir")
+    image_dir = Path(image_dir or recorded)
     state_file = source / "checkpoint" / "state.json"
     state = (labels.read_json_file(state_file, "checkpoint state", 1 << 30, NimaError)
              if state_file.is_file() else None)
+    if state is not None and not (isinstance(state, dict)
+                                  and isinstance(state.get("epoch"), int)
+                                  and state.get("phase") in [p.name for p in phases(config)]
+                                  and isinstance(state.get("history"), list)):
+        raise NimaError(f"{state_file} is not a checkpoint state written by nima train")
     if state is None:
         log.info("no completed epoch in %s: starting from the beginning", source)
     else:
@@ -189,8 +199,12 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
             if index == restore_index:
                 # Build the optimizer's slots first so its saved state loads too.
                 model.optimizer.build(model.trainable_variables)
-                model.load_weights(
-                    source / "checkpoint" / state.get("weights", "last.weights.h5"))
+                weights = source / "checkpoint" / state.get("weights", "last.weights.h5")
+                try:
+                    model.load_weights(weights)
+                except (OSError, ValueError) as e:  # missing, truncated, another model's
+                    raise NimaError(f"cannot resume from {weights}: "
+                                    f"{str(e).splitlines()[0][:200]}") from None
                 first_epoch = state["epoch"]
         if first_epoch >= phase.end:
             continue
@@ -376,6 +390,8 @@ def probe_images(paths: list[Path], workers: int = 8) -> dict[str, str]:
 def new_job_dir(job_dir: str | Path | None) -> Path:
     if job_dir is not None:
         job = Path(job_dir)
+        if job.exists() and not job.is_dir():
+            raise NimaError(f"job directory is a file: {job}")
         if job.exists() and any(job.iterdir()):
             raise NimaError(f"job directory is not empty: {job} (use --resume to continue it)")
     else:
@@ -385,7 +401,10 @@ def new_job_dir(job_dir: str | Path | None) -> Path:
         while job.exists():
             n += 1
             job = Path("train_jobs") / f"{stamp}-{n}"
-    job.mkdir(parents=True, exist_ok=True)
+    try:
+        job.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NimaError(f"cannot create job directory {job}: {e.strerror or e}") from None
     return job
 
 

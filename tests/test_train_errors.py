@@ -1,0 +1,67 @@
+"""Proposed with train.py.patch: damaged job dirs and bad --job-dir/--image-dir are one line."""
+
+import json
+import shutil
+
+import pytest
+
+from nima.cli import main
+
+
+@pytest.fixture(scope="module")
+def finished_job(tmp_path_factory):
+    from conftest import make_images, tiny_config
+
+    root = tmp_path_factory.mktemp("job")
+    (root / "s.json").write_text(json.dumps(make_images(root / "images", 12)))
+    (root / "c.json").write_text(json.dumps(tiny_config(epochs_train_all=0)))
+    assert main(["train", "--config-file", str(root / "c.json"), "--samples-file",
+                 str(root / "s.json"), "--image-dir", str(root / "images"), "--job-dir",
+                 str(root / "job")]) == 0
+    return root
+
+
+def damage(job, how):
+    ckpt = job / "checkpoint"
+    if how == "weights missing":
+        for f in ckpt.glob("*.weights.h5"):
+            f.unlink()
+    elif how == "weights garbage":
+        for f in ckpt.glob("*.weights.h5"):
+            f.write_bytes(b"garbage")
+    elif how == "state garbage":
+        (ckpt / "state.json").write_text('{"epoch": "x"}')
+    elif how == "job.json empty":
+        (job / "job.json").write_text("{}")
+
+
+@pytest.mark.parametrize("how, message", [
+    ("weights missing", "cannot resume from"), ("weights garbage", "cannot resume from"),
+    ("state garbage", "is not a checkpoint state"), ("job.json empty", "records no image_dir"),
+])
+def test_damaged_job_dir_resume_is_one_line(finished_job, tmp_path, capsys, how, message):
+    job = tmp_path / "job"
+    shutil.copytree(finished_job / "job", job)
+    damage(job, how)
+    assert main(["train", "--resume", str(job)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("job_dir, message", [("c.json", "job directory is a file"),
+                                              ("/proc/nope", "cannot create job directory")])
+def test_bad_job_dir_is_one_line(finished_job, capsys, job_dir, message):
+    root = finished_job
+    path = root / job_dir if not job_dir.startswith("/") else job_dir
+    assert main(["train", "--config-file", str(root / "c.json"), "--samples-file",
+                 str(root / "s.json"), "--image-dir", str(root / "images"),
+                 "--job-dir", str(path)]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_missing_image_dir_makes_no_job_dir(finished_job, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = finished_job
+    assert main(["train", "--config-file", str(root / "c.json"), "--samples-file",
+                 str(root / "s.json"), "--image-dir", str(tmp_path / "nope")]) == 1
+    assert not (tmp_path / "train_jobs").exists()
