@@ -153,6 +153,16 @@ def test_merge_prefers_a_score_over_an_error_and_validates(tmp_path):
     (tmp_path / "cut.json").write_text("[\n" + json.dumps(ok) + ",\n")
     with pytest.raises(DataError, match="truncated"):
         merge(tmp_path / "m3.json", [tmp_path / "cut.json"])
+    (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a predictions file")
+    with pytest.raises(DataError, match="photo.jpg is not UTF-8 text"):
+        merge(tmp_path / "m4.json", [tmp_path / "photo.jpg"])
+    # Every format, any JSON layout, an empty shard: all read back the same.
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "pretty.json").write_text(json.dumps([ok], indent=2))
+    assert merge(tmp_path / "m5.csv", [tmp_path / "empty.jsonl", tmp_path / "pretty.json"]) \
+        == (1, 0)
+    assert merge(tmp_path / "m6.jsonl", [tmp_path / "m5.csv"]) == (1, 0)
+    assert json.loads((tmp_path / "m6.jsonl").read_text()) == ok
 
 
 @pytest.mark.parametrize("fmt", ["json", "jsonl", "csv"])

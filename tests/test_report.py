@@ -19,7 +19,7 @@ from conftest import make_images, tiny_config
 from PIL import Image
 from report_helpers import Page, decode_data_uri, external_urls, scored_folder, write_json
 
-from nima import cli, plots, report
+from nima import cli, plots, predict, report
 
 
 def png_ok(path: Path, min_size: tuple[int, int] = (200, 150)) -> np.ndarray:
@@ -263,7 +263,7 @@ def test_json_array_is_streamed_in_any_layout(tmp_path):
     assert list(report.read_predictions(one_line)) == json.loads(one_line.read_text())
     # Chunk boundaries anywhere inside an object: tiny chunks must give the same entries.
     with open(one_line, encoding="utf-8") as f:
-        assert list(report._json_array(f, one_line, chunk=7)) == results
+        assert list(predict._json_array(f, one_line, chunk=7)) == results
 
 
 @pytest.mark.parametrize("content, message", [
@@ -273,12 +273,13 @@ def test_json_array_is_streamed_in_any_layout(tmp_path):
     ("{\"image\": \"a.jpg\", \"error\": \"x\"}\n{oops\n", "line 2 is not valid JSON"),
     ("name,score\na,1\n", "not a predictions CSV"),
     ("[]", "no predictions"),
+    (b"\xff\xd8\xff\xe0 a JPEG given by mistake", "not UTF-8 text"),
     ('[{"image": "a.jpg", "predictions": [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1], '
      '"mean_score_prediction": "high"}]', "is not a number"),
 ])
 def test_bad_predictions_file_is_one_clear_error(tmp_path, capsys, content, message):
     preds = tmp_path / "p.json"
-    preds.write_text(content)
+    preds.write_bytes(content if isinstance(content, bytes) else content.encode())
     (tmp_path / "images").mkdir()
     code = cli.main(["report", str(preds), "--image-source", str(tmp_path / "images"), "-o",
                      str(tmp_path / "g.html")])

@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -376,94 +377,107 @@ def _format_of(path: Path) -> str:
     return {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}.get(suffix, "json")
 
 
-def read_results(path: str | Path, fmt: str | None = None) -> Iterator[dict]:
-    """Stream result dicts from a predictions file of any format (by content, then suffix).
+def read_results(path: str | Path, fmt: str | None = None, *,
+                 allow_empty: bool = True) -> Iterator[dict]:
+    """Stream the result dicts of a predictions file, one at a time (resume, normalise, merge,
+    `nima report`).
 
-    JSON arrays as written here (one object per line) stream line by line; any other JSON
-    layout is parsed whole. Raises DataError on a malformed file.
+    The format is sniffed from the first character (`[` JSON array, `{` JSON lines, else
+    CSV) unless `fmt` is given. JSON arrays are decoded incrementally in any layout, so a
+    million-entry file never sits in memory. A blank file has no results (an empty shard);
+    with allow_empty=False it is an error. Anything malformed is a DataError naming the
+    file and the entry.
     """
     path = Path(path)
     try:
-        f = open(path, encoding="utf-8", newline="")
+        f = open(path, encoding="utf-8-sig", newline="")  # -sig: a BOM from Excel is fine
     except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+        raise DataError(f"cannot read predictions file {path}: {e.strerror or e}") from None
     with f:
-        head = f.read(4096)
-        f.seek(0)
-        first = head.lstrip()[:1]
-        if fmt is None:
-            fmt = "json" if first == "[" else "jsonl" if first == "{" else "csv" \
-                if head.startswith("image_id,") else _format_of(path)
-        if fmt == "csv":
-            yield from _read_csv(f, path)
-        elif fmt == "jsonl":
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    yield _parse_line(line, path, n)
-        else:
-            yield from _read_json_array(f, path)
+        try:
+            first = " "
+            while first.isspace():
+                first = f.read(1)
+            if not first:
+                if not allow_empty:
+                    raise DataError(f"predictions file is empty: {path}")
+                return
+            f.seek(0)
+            fmt = fmt or ("json" if first == "[" else "jsonl" if first == "{" else "csv")
+            yield from {"json": _json_array, "jsonl": _jsonl, "csv": _csv_rows}[fmt](f, path)
+        except UnicodeDecodeError:
+            raise DataError(f"{path} is not UTF-8 text (not a predictions file?)") from None
 
 
-def _parse_line(line: str, path: Path, n: int) -> dict:
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        raise DataError(f"{path} line {n} is not valid JSON") from None
+def _object(obj: object, where: str) -> dict:
     if not isinstance(obj, dict):
-        raise DataError(f"{path} line {n} is not a JSON object")
+        raise DataError(f"{where} is not a JSON object")
     return obj
 
 
-def _read_json_array(f: IO[str], path: Path) -> Iterator[dict]:
-    lines = iter(f)
-    first = next(lines, "").strip()
-    if first == "[]":
-        return
-    if first == "[":
-        n = 1
-        for line in lines:
-            n += 1
-            s = line.strip()
-            if s == "]":
-                if next(lines, "").strip():
-                    raise DataError(f"{path}: text after the closing ']'")
-                return
-            if n == 2 and not (s.startswith("{") and s.rstrip(",").endswith("}")):
-                break  # not one object per line: parse the whole file below
-            yield _parse_line(s.rstrip(","), path, n)
-        else:
-            raise DataError(f"{path} is truncated (no closing ']')")
-    # Some other JSON layout: parse it whole.
-    f.seek(0)
-    try:
-        data = json.load(f)
-    except ValueError as e:
-        raise DataError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
-        raise DataError(f"{path} must hold a JSON array of result objects")
-    yield from data
+_WS = re.compile(r"[\s,]*")  # between array elements: whitespace and the separating comma
 
 
-def _read_csv(f: IO[str], path: Path) -> Iterator[dict]:
-    reader = csv.reader(f)
-    header = next(reader, None)
-    if header != CSV_HEADER:
-        raise DataError(f"{path} does not have nima's CSV header")
+def _json_array(f: IO[str], path: Path, chunk: int = 1 << 16) -> Iterator[dict]:
+    decoder = json.JSONDecoder()
+    buf, n = f.read(chunk), 0
+    pos = buf.index("[") + 1
+    while True:
+        pos = _WS.match(buf, pos).end()
+        if pos == len(buf):
+            more = f.read(chunk)
+            if not more:
+                raise DataError(f"{path}: the JSON array is not closed (truncated file?)")
+            buf, pos = buf[pos:] + more, 0
+            continue
+        if buf[pos] == "]":
+            return
+        try:
+            obj, end = decoder.raw_decode(buf, pos)
+        except json.JSONDecodeError as e:
+            # Usually the object continues in the next chunk; a result is never 1 MB long.
+            more = f.read(chunk) if len(buf) - pos < (1 << 20) else ""
+            if not more:
+                raise DataError(f"{path}: entry {n + 1} is not valid JSON ({e.msg})") from None
+            buf, pos = buf[pos:] + more, 0
+            continue
+        n += 1
+        yield _object(obj, f"{path}: entry {n}")
+        pos = end
+
+
+def _jsonl(f: IO[str], path: Path) -> Iterator[dict]:
+    for n, line in enumerate(f, 1):
+        if line.strip():
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: line {n} is not valid JSON ({e.msg})") from None
+            yield _object(obj, f"{path}: line {n}")
+
+
+def _csv_rows(f: IO[str], path: Path) -> Iterator[dict]:
+    reader = csv.DictReader(f)
+    need = {"image_id", "image", "error", *(f"p{i}" for i in range(1, scores.N_BINS + 1))}
+    if reader.fieldnames is None or not need <= set(reader.fieldnames):
+        raise DataError(f"{path}: not a predictions CSV (needs columns image_id, image, "
+                        "p1..p10, error as written by `nima predict --format csv`)")
     for n, row in enumerate(reader, 2):
-        if len(row) != len(CSV_HEADER):
-            raise DataError(f"{path} line {n} has {len(row)} columns, expected {len(CSV_HEADER)}")
-        rec = dict(zip(CSV_HEADER, row))
-        out: dict = {"image_id": rec["image_id"], "image": rec["image"]}
-        if rec["error"]:
-            out["error"] = rec["error"]
+        if None in row or None in row.values():  # extra or missing cells
+            raise DataError(f"{path}: line {n} does not have the header's "
+                            f"{len(reader.fieldnames)} columns")
+        obj: dict = {"image_id": row["image_id"], "image": row["image"]}
+        if row["error"]:
+            obj["error"] = row["error"]
         else:
             try:
-                out["predictions"] = [float(rec[f"p{i}"]) for i in range(1, scores.N_BINS + 1)]
-                out["mean_score_prediction"] = float(rec["mean_score_prediction"])
-                out["sd_score_prediction"] = float(rec["sd_score_prediction"])
+                obj["predictions"] = [float(row[f"p{i}"]) for i in range(1, scores.N_BINS + 1)]
+                for key in ("mean_score_prediction", "sd_score_prediction"):
+                    if row.get(key):  # as written, so CSV and JSON results agree exactly
+                        obj[key] = float(row[key])
             except ValueError:
-                raise DataError(f"{path} line {n} has a non-numeric score") from None
-        yield out
+                raise DataError(f"{path}: line {n} has no valid p1..p10 numbers") from None
+        yield obj
 
 
 def validate_result(r: dict, where: str) -> None:

@@ -15,131 +15,44 @@ report.html that shows them with the metrics table.
 from __future__ import annotations
 
 import base64
-import csv
 import heapq
 import html
 import io
 import itertools
-import json
 import logging
 import math
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from nima import files, images, scores
 from nima.errors import DataError, ImageError, NimaError
+from nima.predict import read_results
 
 log = logging.getLogger(__name__)
 
 THUMB_SIZE = 160
 SHEET_MAX = 100  # a contact sheet larger than this is unreadable; choose with --top/--bottom
 FAILED_LISTED = 1000  # failures beyond this are counted, not listed
-_WS = re.compile(r"[\s,]*")  # between array elements: whitespace and the separating comma
 
 
 # --- reading predictions files ---------------------------------------------------------------
 
 def read_predictions(path: str | Path) -> Iterator[dict]:
-    """Yield the result dicts of a `nima predict` output file, one at a time.
-
-    The format is sniffed from the first character: `[` JSON array, `{` JSONL, else CSV.
-    JSON arrays are parsed incrementally too, so a million-entry file never sits in memory.
-    """
-    path = Path(path)
-    try:
-        f = open(path, encoding="utf-8-sig", newline="")  # -sig: a BOM from Excel is fine
-    except OSError as e:
-        raise DataError(f"cannot read predictions file {path}: {e.strerror or e}") from None
-    with f:
-        first = ""
-        while not first.strip():
-            first = f.read(1)
-            if first == "":
-                raise DataError(f"predictions file is empty: {path}")
-        f.seek(0)
-        if first == "[":
-            reader = _json_array(f, path)
-        elif first == "{":
-            reader = _jsonl(f, path)
-        else:
-            reader = _csv_rows(f, path)
-        try:
-            yield from reader
-        except UnicodeDecodeError:
-            raise DataError(f"predictions file is not UTF-8 text: {path}") from None
+    """Yield the result dicts of a `nima predict` output file (JSON array, JSONL or CSV), one
+    at a time, checked, with mean and sd filled in from the distribution when absent."""
+    for n, obj in enumerate(read_results(path, allow_empty=False), 1):
+        yield _entry(obj, Path(path), n)
 
 
-def _json_array(f: IO[str], path: Path, chunk: int = 1 << 16) -> Iterator[dict]:
-    decoder = json.JSONDecoder()
-    buf, pos, n = f.read(chunk), 0, 0
-    pos = buf.index("[") + 1
-    while True:
-        pos = _WS.match(buf, pos).end()
-        if pos == len(buf):
-            more = f.read(chunk)
-            if not more:
-                raise DataError(f"{path}: the JSON array is not closed (truncated file?)")
-            buf, pos = buf[pos:] + more, 0
-            continue
-        if buf[pos] == "]":
-            return
-        try:
-            obj, end = decoder.raw_decode(buf, pos)
-        except json.JSONDecodeError as e:
-            # Usually the object continues in the next chunk; a result is never 1 MB long.
-            more = f.read(chunk) if len(buf) - pos < (1 << 20) else ""
-            if not more:
-                raise DataError(f"{path}: entry {n + 1} is not valid JSON ({e.msg})") from None
-            buf, pos = buf[pos:] + more, 0
-            continue
-        n += 1
-        yield _entry(obj, path, n)
-        pos = end
-
-
-def _jsonl(f: IO[str], path: Path) -> Iterator[dict]:
-    for n, line in enumerate(f, 1):
-        if line.strip():
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {n} is not valid JSON ({e.msg})") from None
-            yield _entry(obj, path, n)
-
-
-def _csv_rows(f: IO[str], path: Path) -> Iterator[dict]:
-    reader = csv.DictReader(f)
-    need = {"image_id", "image", "error", *(f"p{i}" for i in range(1, scores.N_BINS + 1))}
-    if reader.fieldnames is None or not need <= set(reader.fieldnames):
-        raise DataError(f"{path}: not a predictions CSV (needs columns image_id, image, "
-                        "p1..p10, error as written by `nima predict --format csv`)")
-    for n, row in enumerate(reader, 2):
-        obj: dict = {"image_id": row["image_id"], "image": row["image"]}
-        if row["error"]:
-            obj["error"] = row["error"]
-        else:
-            try:
-                obj["predictions"] = [float(row[f"p{i}"]) for i in range(1, scores.N_BINS + 1)]
-                for key in ("mean_score_prediction", "sd_score_prediction"):
-                    if row.get(key):  # as written, so CSV and JSON galleries agree exactly
-                        obj[key] = float(row[key])
-            except (TypeError, ValueError):
-                raise DataError(f"{path}: line {n} has no valid p1..p10 numbers") from None
-        yield _entry(obj, path, n)
-
-
-def _entry(obj: object, path: Path, n: int) -> dict:
+def _entry(obj: dict, path: Path, n: int) -> dict:
     """Check one result; fill mean and sd from the distribution when absent."""
     where = f"{path}: entry {n}"
-    if not isinstance(obj, dict):
-        raise DataError(f"{where} is not an object")
     if "image" not in obj and "image_id" not in obj:
         raise DataError(f"{where} has neither 'image' nor 'image_id'")
     obj.setdefault("image", obj.get("image_id"))
