@@ -122,3 +122,19 @@ def test_evaluate_model_on_images(tmp_path, model_file):
     assert r.returncode == 0, r.stderr
     m = json.loads(out.read_text())
     assert m["n"] == 6 and m["n_skipped"] == 1
+
+
+def test_evaluate_errors_are_one_line(tmp_path, model_file, capsys):
+    from nima.cli import main
+
+    rows = make_images(tmp_path / "img", 2)
+    (tmp_path / "s.json").write_text(json.dumps(rows))
+    (tmp_path / "elsewhere").mkdir()
+    base = ["evaluate", "--samples-file", str(tmp_path / "s.json"), "--weights-file",
+            str(model_file)]
+    for extra, message in ((["--image-dir", str(tmp_path / "elsewhere")], "none of the 2 images"),
+                           (["--image-dir", str(tmp_path / "img"), "--batch-size", "0"],
+                            "--batch-size must be at least 1")):
+        assert main(base + extra) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("nima evaluate: error: ") and message in err[-1], err
