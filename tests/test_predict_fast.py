@@ -273,3 +273,42 @@ def test_cli_errors_are_one_line(env, tmp_path):
     assert main([*args, "--num-shards", "2", "--shard-index", "2"]) == 1
     assert main([*args, "--resume"]) == 1
     assert main(["merge", str(tmp_path / "m.json"), str(tmp_path / "missing.json")]) == 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--workers", "-3"], "--workers must be at least 1"),
+    (["--num-shards", "0"], "--num-shards must be at least 1, not 0"),
+    (["--range", "0", "100"], "--range only applies with --normalize minmax"),
+])
+def test_bad_options_are_one_line_errors(env, tmp_path, capsys, extra, message):
+    from nima.cli import main
+
+    _, models = env
+    make_images(tmp_path / "img", 2)
+    assert main(["predict", "--image-source", str(tmp_path / "img"), "--model",
+                 str(models["a"]), "--backend", "tflite", *extra]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"nima predict: error: {message}", err
+
+
+def test_format_follows_the_file_suffix(env, tmp_path, caplog):
+    """--predictions-file scores.csv without --format writes CSV, not JSON named .csv."""
+    from nima.cli import main
+
+    _, models = env
+    make_images(tmp_path / "img", 3)
+    base = ["predict", "--image-source", str(tmp_path / "img"), "--model", str(models["a"]),
+            "--backend", "tflite", "--predictions-file"]
+    assert main([*base, str(tmp_path / "s.csv")]) == 0
+    assert (tmp_path / "s.csv").read_text().startswith("image_id,image,mean_score_prediction,")
+    assert main([*base, str(tmp_path / "s.jsonl")]) == 0
+    lines = (tmp_path / "s.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and all(json.loads(x)["image"] for x in lines)
+    assert main([*base, str(tmp_path / "s.csv.json"), "--format", "jsonl"]) == 0  # explicit
+    assert len((tmp_path / "s.csv.json").read_text().splitlines()) == 3
+    assert json.loads((tmp_path / "s.csv.meta.json").read_text())["format"] == "csv"
+    # An empty folder is a valid, empty result, but never a silent one.
+    (tmp_path / "none").mkdir()
+    assert main(["predict", "--image-source", str(tmp_path / "none"), "--model",
+                 str(models["a"]), "--backend", "tflite"]) == 0
+    assert "no image files" in caplog.text

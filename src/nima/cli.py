@@ -76,7 +76,9 @@ def _predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--predictions-file", type=Path,
                    help="write results here (atomically; partial results beside it in "
                    "FILE.partial while running; run metadata in FILE.meta.json)")
-    p.add_argument("--format", choices=("json", "jsonl", "csv"), default="json")
+    p.add_argument("--format", choices=("json", "jsonl", "csv"),
+                   help="JSON array, JSON lines or CSV (default: from the suffix of "
+                   "--predictions-file, .jsonl/.ndjson or .csv, else json)")
     p.add_argument("--backend", choices=("auto", "keras", "tflite"), default="auto",
                    help="auto (default): Keras on a GPU, TFLite/XNNPACK on CPU")
     p.add_argument("--workers", type=int, help="decoding threads (default: all CPUs)")
@@ -88,7 +90,7 @@ def _predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--normalize", choices=("minmax",),
                    help="rescale this run's mean scores to --range (default 1 10)")
     p.add_argument("--range", dest="norm_range", type=float, nargs=2, metavar=("LO", "HI"),
-                   default=(1.0, 10.0))
+                   help="target range of --normalize (default 1 10)")
 
     def run(a: argparse.Namespace) -> int:
         from nima.predict import predict
@@ -98,7 +100,8 @@ def _predict(sub: argparse._SubParsersAction) -> None:
                             batch_size=a.batch_size, backend=a.backend,
                             num_shards=a.num_shards, shard_index=a.shard_index,
                             resume=a.resume, normalize=a.normalize,
-                            norm_range=tuple(a.norm_range), workers=a.workers)
+                            norm_range=a.norm_range and tuple(a.norm_range),
+                            workers=a.workers)
         return EXIT_PARTIAL if failed else EXIT_OK
 
     p.set_defaults(run=run)

@@ -572,27 +572,40 @@ def predict(
     *,
     config_file: str | Path | None = None,
     predictions_file: str | Path | None = None,
-    fmt: str = "json",
+    fmt: str | None = None,
     batch_size: int = 32,
     backend: str = "auto",
     num_shards: int = 1,
     shard_index: int = 0,
     resume: bool = False,
     normalize: str | None = None,
-    norm_range: tuple[float, float] = (1.0, 10.0),
+    norm_range: tuple[float, float] | None = None,
     workers: int | None = None,
 ) -> tuple[int, int]:
-    """Score a file or folder; returns (images in the output, images failed)."""
+    """Score a file or folder; returns (images in the output, images failed).
+
+    fmt None: from the suffix of predictions_file (.jsonl/.ndjson, .csv), else json.
+    norm_range (default 1..10) only with normalize.
+    """
     started = time.time()
     source = Path(image_source)
+    if fmt is None:
+        fmt = _format_of(Path(predictions_file)) if predictions_file is not None else "json"
     if fmt not in FORMATS:
         raise NimaError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise NimaError(f"--shard-index must be in 0..{num_shards - 1} and --num-shards >= 1")
+    if num_shards < 1:
+        raise NimaError(f"--num-shards must be at least 1, not {num_shards}")
+    if not 0 <= shard_index < num_shards:
+        raise NimaError(f"--shard-index must be in 0..{num_shards - 1}, not {shard_index}")
     if batch_size < 1:
         raise NimaError("--batch-size must be at least 1")
+    if workers is not None and workers < 1:
+        raise NimaError("--workers must be at least 1")
     if normalize is not None and normalize not in NORMALIZE:
         raise NimaError(f"unknown normalisation {normalize!r}; choose {', '.join(NORMALIZE)}")
+    if norm_range is not None and normalize is None:
+        raise NimaError("--range only applies with --normalize minmax")
+    norm_range = norm_range or (1.0, 10.0)
     if normalize and not norm_range[0] < norm_range[1]:
         raise NimaError("--range LO HI needs LO < HI")
     if resume and predictions_file is None:
@@ -614,7 +627,7 @@ def predict(
         with ResultWriter(None, fmt) as writer:
             for result in ensemble.score_files(paths, root, batch_size, workers):
                 writer.write(result)
-        _log_done(writer.count, writer.failed, started, None)
+        _log_done(writer.count, writer.failed, started, None, source, num_shards)
         return writer.count, writer.failed
 
     tmpdir = None
@@ -679,11 +692,15 @@ def predict(
     finally:
         if tmpdir is not None:
             tmpdir.cleanup()
-    _log_done(count, failed, started, predictions_file)
+    _log_done(count, failed, started, predictions_file, source, num_shards)
     return count, failed
 
 
-def _log_done(count: int, failed: int, started: float, predictions_file) -> None:
+def _log_done(count: int, failed: int, started: float, predictions_file, source: Path,
+              num_shards: int) -> None:
+    if count == 0:  # a mistyped folder should not pass for a finished job
+        log.warning("no image files (by extension) in %s%s", source,
+                    " for this shard" if num_shards > 1 else "")
     elapsed = time.time() - started
     log.info("%d images, %d failed, %.1f s (%.1f img/s)%s", count, failed, elapsed,
              count / elapsed if elapsed > 0 else 0.0,
