@@ -312,3 +312,28 @@ def test_format_follows_the_file_suffix(env, tmp_path, caplog):
     assert main(["predict", "--image-source", str(tmp_path / "none"), "--model",
                  str(models["a"]), "--backend", "tflite"]) == 0
     assert "no image files" in caplog.text
+
+
+def test_a_second_run_on_the_same_file_is_refused(env, tmp_path):
+    """Two runs appending to one partial file would interleave their lines; the second run
+    must stop before touching the first one's results."""
+    import fcntl
+
+    from nima.errors import NimaError
+    from nima.predict import predict
+
+    _, models = env
+    make_images(tmp_path / "img", 3)
+    out = tmp_path / "out.json"
+    partial = tmp_path / "out.json.partial"
+    partial.write_text('{"image_id": "a", "image": "a.jpg", "error": "x"}\n')
+    with open(partial, "a+b") as running:  # what a run in progress holds
+        fcntl.flock(running.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for resume in (False, True):
+            with pytest.raises(NimaError, match="another nima predict is writing"):
+                predict(tmp_path / "img", models["a"], predictions_file=out, backend="tflite",
+                        resume=resume)
+        assert partial.read_text().count("\n") == 1 and not out.exists()
+    assert predict(tmp_path / "img", models["a"], predictions_file=out, backend="tflite",
+                   resume=True) == (4, 1)
+    assert not partial.exists()

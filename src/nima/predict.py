@@ -557,6 +557,30 @@ def _read_partial(path: Path) -> tuple[set[str], int, int]:
     return done, len(done), failed
 
 
+def _lock(f: IO[bytes], partial: Path) -> None:
+    """Refuse a second run on the same predictions file: both would append to one partial
+    file and the first to finish would publish the other's half-written lines."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        return
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise NimaError(f"another nima predict is writing {partial}; wait for it to finish "
+                        "or choose another --predictions-file") from None
+    except OSError as e:  # a file system without locks (some network mounts): go on
+        log.debug("cannot lock %s: %s", partial, e)
+        return
+    try:
+        same = os.path.samestat(os.fstat(f.fileno()), os.stat(partial))
+    except FileNotFoundError:
+        same = False
+    if not same:  # the run we waited on finished and removed it between our open and lock
+        raise NimaError(f"another nima predict has just finished with {partial}; run again "
+                        "to score the images anew")
+
+
 def _write_final(partial: Path, predictions_file: Path | None, fmt: str,
                  normalization: Normalization | None) -> tuple[dict | None, int, int]:
     fitted = normalization.fit(read_results(partial, "jsonl")) if normalization else None
@@ -637,58 +661,60 @@ def predict(
     else:
         predictions_file = Path(predictions_file)
         partial = partial_path(predictions_file)
-    resumed = 0
-    if resume and partial.is_file():
-        done, resumed, _ = _read_partial(partial)
-        log.info("resuming: %d images already scored in %s", resumed, partial)
-        paths = (p for p in paths if _relative(p, root) not in done)
-    elif partial.exists():
-        log.warning("discarding the partial results of an earlier run (%s); use --resume to "
-                    "continue it instead", partial)
     try:
         partial.parent.mkdir(parents=True, exist_ok=True)
-        out = open(partial, "ab" if resume else "wb")
+        out = open(partial, "a+b")  # not truncated yet: another run may own it
     except OSError as e:
         raise files.WriteError(f"cannot write {partial}: {e.strerror or e}") from None
-    new = 0
+    resumed = new = 0
     try:
-        with out:
-            buf = io.BytesIO()
-            for result in ensemble.score_files(paths, root, batch_size, workers):
-                buf.write(json.dumps(result).encode("ascii") + b"\n")
-                new += 1
-                if new % batch_size == 0:  # one write per batch: whole lines reach the file
-                    out.write(buf.getvalue())
-                    out.flush()
-                    buf = io.BytesIO()
-            out.write(buf.getvalue())
-            out.flush()
-            os.fsync(out.fileno())
-        fitted, count, failed = _write_final(partial, predictions_file, fmt, normalization)
-    except OSError as e:
-        why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-        raise files.WriteError(
-            f"cannot write {predictions_file or partial}: {why}; the previous file is unchanged"
-            + (f", results so far are in {partial} (rerun with --resume)" if tmpdir is None
-               else "")) from None
-    try:
-        elapsed = time.time() - started
-        if predictions_file is not None:
-            files.write_json(meta_path(predictions_file), {
-                "predictions_file": str(predictions_file), "format": fmt,
-                "image_source": str(source),
-                "models": [p.info for p in predictors],
-                "backend": [p.backend for p in predictors],
-                "ensemble": "mean of distributions" if len(predictors) > 1 else None,
-                "normalization": fitted,
-                "shard": {"index": shard_index, "count": num_shards},
-                "count": count, "failed": failed, "scored_this_run": new,
-                "resumed_from_partial": resumed,
-                "seconds": round(elapsed, 3),
-                "images_per_second": round(new / elapsed, 2) if elapsed > 0 else None,
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            })
-            partial.unlink()
+        with out:  # the lock lives as long as this file stays open, until the partial is gone
+            _lock(out, partial)
+            if resume and out.seek(0, os.SEEK_END):
+                done, resumed, _ = _read_partial(partial)
+                log.info("resuming: %d images already scored in %s", resumed, partial)
+                paths = (p for p in paths if _relative(p, root) not in done)
+            elif out.seek(0, os.SEEK_END):
+                log.warning("discarding the partial results of an earlier run (%s); use "
+                            "--resume to continue it instead", partial)
+                out.truncate(0)
+            try:
+                buf = io.BytesIO()
+                for result in ensemble.score_files(paths, root, batch_size, workers):
+                    buf.write(json.dumps(result).encode("ascii") + b"\n")
+                    new += 1
+                    if new % batch_size == 0:  # one write per batch: whole lines reach the file
+                        out.write(buf.getvalue())
+                        out.flush()
+                        buf = io.BytesIO()
+                out.write(buf.getvalue())
+                out.flush()
+                os.fsync(out.fileno())
+                fitted, count, failed = _write_final(partial, predictions_file, fmt,
+                                                     normalization)
+            except OSError as e:
+                why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+                raise files.WriteError(
+                    f"cannot write {predictions_file or partial}: {why}; the previous file is "
+                    "unchanged" + (f", results so far are in {partial} (rerun with --resume)"
+                                   if tmpdir is None else "")) from None
+            elapsed = time.time() - started
+            if predictions_file is not None:
+                files.write_json(meta_path(predictions_file), {
+                    "predictions_file": str(predictions_file), "format": fmt,
+                    "image_source": str(source),
+                    "models": [p.info for p in predictors],
+                    "backend": [p.backend for p in predictors],
+                    "ensemble": "mean of distributions" if len(predictors) > 1 else None,
+                    "normalization": fitted,
+                    "shard": {"index": shard_index, "count": num_shards},
+                    "count": count, "failed": failed, "scored_this_run": new,
+                    "resumed_from_partial": resumed,
+                    "seconds": round(elapsed, 3),
+                    "images_per_second": round(new / elapsed, 2) if elapsed > 0 else None,
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                })
+                partial.unlink()
     finally:
         if tmpdir is not None:
             tmpdir.cleanup()
