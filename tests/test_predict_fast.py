@@ -337,3 +337,21 @@ def test_a_second_run_on_the_same_file_is_refused(env, tmp_path):
     assert predict(tmp_path / "img", models["a"], predictions_file=out, backend="tflite",
                    resume=True) == (4, 1)
     assert not partial.exists()
+
+
+def test_merged_shards_are_in_the_order_of_one_run(env, tmp_path):
+    from nima.predict import merge, predict
+
+    _, models = env
+    folder = tmp_path / "img"
+    # "x-y/" sorts before "x/" as a string but after it in the folder walk.
+    for sub, n in (("x", 5), ("x-y", 4), ("x.y", 3), ("", 4)):
+        make_images(folder / sub, n, size=(20, 20), seed=n)
+    full = tmp_path / "full.jsonl"
+    predict(folder, models["a"], predictions_file=full, backend="tflite")
+    parts = [tmp_path / f"part{i}.jsonl" for i in range(4)]
+    for i, part in enumerate(parts):
+        predict(folder, models["a"], predictions_file=part, backend="tflite", num_shards=4,
+                shard_index=i)
+    assert merge(tmp_path / "merged.jsonl", parts[::-1]) == (16, 0)
+    assert load_results(tmp_path / "merged.jsonl") == load_results(full)

@@ -26,6 +26,7 @@ import contextlib
 import csv
 import errno
 import hashlib
+import heapq
 import io
 import json
 import logging
@@ -738,9 +739,10 @@ def _log_done(count: int, failed: int, started: float, predictions_file, source:
 def merge(output: str | Path, parts: Sequence[str | Path], fmt: str | None = None) -> tuple[int, int]:
     """Join predictions files (any format) into one, de-duplicated by image path.
 
-    Every record is validated. When an image appears more than once, the first successful
-    result wins (an error result only when no part scored it). Two streamed passes; memory
-    holds only the set of image paths. Returns (images written, failed).
+    Every record is validated. Parts are interleaved by path, so shards of one folder merge
+    into the order a single run writes. When an image appears more than once, the first
+    successful result wins (an error result only when no part scored it). Two streamed
+    passes; memory holds only the set of image paths. Returns (images written, failed).
     """
     output = Path(output)
     fmt = fmt or _format_of(output)
@@ -758,14 +760,17 @@ def merge(output: str | Path, parts: Sequence[str | Path], fmt: str | None = Non
             if "error" not in r:
                 scored.add(r["image"])
     written: set[str] = set()
+    # Each part is in folder-walk order (names sorted per directory, i.e. sorted by path
+    # components): interleaving them by that key gives the order of one unsharded run.
+    merged = heapq.merge(*(read_results(part) for part in parts),
+                         key=lambda r: r["image"].split("/"))
     with ResultWriter(output, fmt) as writer:
-        for part in parts:
-            for r in read_results(part):
-                key = r["image"]
-                if key in written or ("error" in r and key in scored):
-                    continue
-                written.add(key)
-                writer.write(r)
+        for r in merged:
+            key = r["image"]
+            if key in written or ("error" in r and key in scored):
+                continue
+            written.add(key)
+            writer.write(r)
     log.info("merged %d parts: %d results, %d unique images, %d failed -> %s",
              len(parts), total, writer.count, writer.failed, output)
     files.write_json(meta_path(output), {
