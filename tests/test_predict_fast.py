@@ -355,3 +355,20 @@ def test_merged_shards_are_in_the_order_of_one_run(env, tmp_path):
                 shard_index=i)
     assert merge(tmp_path / "merged.jsonl", parts[::-1]) == (16, 0)
     assert load_results(tmp_path / "merged.jsonl") == load_results(full)
+
+
+def test_a_damaged_conversion_cache_is_rebuilt(env, tmp_path, monkeypatch, caplog):
+    from nima import images, runtime
+    from nima.predict import Predictor
+
+    _, models = env
+    monkeypatch.setenv("NIMA_CACHE_DIR", str(tmp_path / "cache"))
+    make_images(tmp_path / "img", 2)
+    batch = np.stack([images.load_image(p, 32) for p in sorted((tmp_path / "img").iterdir())])
+    want = Predictor.load(models["a"], backend="tflite").predict_arrays(batch)
+    (cached,) = (tmp_path / "cache" / "tflite").iterdir()
+    cached.write_bytes(cached.read_bytes()[:1000])  # e.g. a disk error, or a full disk elsewhere
+    got = Predictor.load(models["a"], backend="tflite")
+    assert got.backend == "tflite" and np.allclose(got.predict_arrays(batch), want, atol=1e-6)
+    assert "discarding the unreadable cached conversion" in caplog.text
+    assert runtime.TFLiteRunner(cached.read_bytes()).input_size == 32  # the entry was rebuilt

@@ -170,8 +170,7 @@ class Predictor:
         if backend == "tflite":
             key = runtime.file_key(defining)
             try:
-                content = runtime.cached_tflite(key, lambda: pred.model)
-                pred.runner = runtime.TFLiteRunner(content, num_threads)
+                pred.runner = runtime.cached_runner(key, lambda: pred.model, num_threads)
                 pred._input_size = pred.runner.input_size
             except ModelError as e:
                 if not fallback:
