@@ -449,7 +449,7 @@ def _export(sub: argparse._SubParsersAction) -> None:
         from nima.export import check_options, export
         from nima.predict import Predictor
 
-        check_options(a.format, a.quantize, a.representative_images)
+        check_options(a.format, a.quantize, a.representative_images, a.output)
         predictor = Predictor.load(a.model, a.config_file)
         path = export(predictor.model, a.format, a.output, a.quantize, a.representative_images)
         log.info("wrote %s %s", a.format, path)
