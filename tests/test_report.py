@@ -287,3 +287,33 @@ def test_bad_predictions_file_is_one_clear_error(tmp_path, capsys, content, mess
     assert code == 1
     assert err[-1].startswith("nima report: error: ") and message in err[-1], err
     assert not (tmp_path / "g.html").exists()
+
+
+def test_non_utf8_file_names_survive_every_format(tmp_path):
+    """A file name that is not valid UTF-8 (an old camera card, a Latin-1 archive): the CSV
+    predict writes keeps its bytes; merge and report must read it back, and the page shows
+    it (the bytes as U+FFFD) with its thumbnail."""
+    import os
+
+    image_dir, results = scored_folder(tmp_path, n=3)
+    raw = os.fsencode(image_dir) + b"/caf\xe9.jpg"
+    os.rename(image_dir / results[1]["image"], raw)
+    name = os.fsdecode(b"caf\xe9.jpg")  # "caf\udce9.jpg"
+    results[1] = dict(results[1], image=name, image_id=name[:-4])
+    for fmt in ("csv", "jsonl"):
+        with predict.ResultWriter(tmp_path / f"p.{fmt}", fmt) as writer:
+            for r in results:
+                writer.write(r)
+    assert b"caf\xe9.jpg" in (tmp_path / "p.csv").read_bytes()
+    assert predict.merge(tmp_path / "m.jsonl", [tmp_path / "p.csv"]) == (4, 1)
+    assert [r["image"] for r in predict.read_results(tmp_path / "m.jsonl")] == \
+        [r["image"] for r in results]
+    for fmt in ("csv", "jsonl"):
+        out = tmp_path / f"g-{fmt}.html"
+        assert cli.main(["report", str(tmp_path / f"p.{fmt}"), "--image-source",
+                         str(image_dir), "-o", str(out)]) == 0
+        page = Page(out.read_text(encoding="utf-8"))
+        assert len(page.items) == 3 and "caf\ufffd.jpg" in out.read_text(encoding="utf-8")
+        assert "image unavailable" not in out.read_text(encoding="utf-8")
+    assert cli.main(["report", str(tmp_path / "p.csv"), "--image-source", str(image_dir),
+                     "-o", str(tmp_path / "sheet.png")]) == 0

@@ -389,24 +389,26 @@ def read_results(path: str | Path, fmt: str | None = None, *,
     file and the entry.
     """
     path = Path(path)
-    try:
-        f = open(path, encoding="utf-8-sig", newline="")  # -sig: a BOM from Excel is fine
+    try:  # -sig: a BOM from Excel is fine; surrogateescape: CSV keeps non-UTF-8 file names
+        f = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
     except OSError as e:
         raise DataError(f"cannot read predictions file {path}: {e.strerror or e}") from None
     with f:
+        first = " "
+        while first.isspace():
+            first = f.read(1)
+        if not first:
+            if not allow_empty:
+                raise DataError(f"predictions file is empty: {path}")
+            return
+        if "\udc80" <= first <= "\udcff":  # an undecodable first byte: JPEG, PNG, ...
+            raise DataError(f"{path} is not UTF-8 text (not a predictions file?)")
+        f.seek(0)
+        fmt = fmt or ("json" if first == "[" else "jsonl" if first == "{" else "csv")
         try:
-            first = " "
-            while first.isspace():
-                first = f.read(1)
-            if not first:
-                if not allow_empty:
-                    raise DataError(f"predictions file is empty: {path}")
-                return
-            f.seek(0)
-            fmt = fmt or ("json" if first == "[" else "jsonl" if first == "{" else "csv")
             yield from {"json": _json_array, "jsonl": _jsonl, "csv": _csv_rows}[fmt](f, path)
-        except UnicodeDecodeError:
-            raise DataError(f"{path} is not UTF-8 text (not a predictions file?)") from None
+        except csv.Error as e:
+            raise DataError(f"{path} is not a readable CSV: {e}") from None
 
 
 def _object(obj: object, where: str) -> dict:

@@ -304,7 +304,7 @@ def distribution_svg(dist: np.ndarray, mean: float) -> str:
 
 
 def _item_html(item: Item, thumb: tuple[str, int, int] | str) -> str:
-    e = html.escape
+    e = _escape
     if isinstance(thumb, tuple):
         data, w, h = thumb
         picture = (f'<div class="thumb"><img src="data:image/jpeg;base64,{data}" width="{w}" '
@@ -322,7 +322,7 @@ def _item_html(item: Item, thumb: tuple[str, int, int] | str) -> str:
 def write_gallery(selection: Selection, image_source: Path, output: str | Path, *,
                   title: str = "NIMA scores", thumb_size: int = THUMB_SIZE) -> int:
     """Write the HTML page (streamed, atomic); returns the number of images unavailable."""
-    e = html.escape
+    e = _escape
     means = [it.mean for it in selection.items]
     shown = len(means)
     span = f"mean scores {min(means):.2f} – {max(means):.2f}" if means else "no scored images"
@@ -383,7 +383,18 @@ def write_contact_sheet(selection: Selection, image_source: Path, output: str | 
                output)
 
 
+def _printable(name: str) -> str:
+    """A file name that is not valid UTF-8 holds surrogates (\\udcXX) here, which no UTF-8
+    page or plot can encode: show those bytes as U+FFFD instead."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _escape(text: str) -> str:
+    return html.escape(_printable(text))
+
+
 def _short(name: str, n: int = 28) -> str:
+    name = _printable(name)
     return name if len(name) <= n else "…" + name[-(n - 1):]
 
 
@@ -450,7 +461,7 @@ def write_evaluation_report(report_dir: str | Path, ids: Sequence[str], y_true: 
     }
     for name, fig in figures.items():
         plots.save(fig, report_dir / name)
-    e = html.escape
+    e = _escape
     table = evaluate.format_table(result)
     order = np.argsort(-np.abs(m_true - m_pred), kind="stable")[:worst]
     index = labels.index_images(image_dir) if image_dir and Path(image_dir).is_dir() else {}
