@@ -93,7 +93,7 @@ class NimaModel:
             raise ValueError("batch_size must be at least 1")
         items, root = _items(images)
         if not augmented and all(item.path is not None for item in items):
-            # Files only: the tf.data pipeline decodes in parallel, as `nima predict` does.
+            # Files only: decoded by a thread pool ahead of the model, as `nima predict` does.
             return list(self.predictor.score_files((i.path for i in items), root, batch_size))
         results: list[dict] = []
         for start in range(0, len(items), batch_size):

@@ -680,6 +680,9 @@ def predict(
                 log.warning("discarding the partial results of an earlier run (%s); use "
                             "--resume to continue it instead", partial)
                 out.truncate(0)
+            elif resume:
+                log.warning("nothing to resume: no partial results in %s; scoring every image",
+                            partial)
             try:
                 buf = io.BytesIO()
                 for result in ensemble.score_files(paths, root, batch_size, workers):
