@@ -372,3 +372,13 @@ def test_a_damaged_conversion_cache_is_rebuilt(env, tmp_path, monkeypatch, caplo
     assert got.backend == "tflite" and np.allclose(got.predict_arrays(batch), want, atol=1e-6)
     assert "discarding the unreadable cached conversion" in caplog.text
     assert runtime.TFLiteRunner(cached.read_bytes()).input_size == 32  # the entry was rebuilt
+
+
+def test_resume_without_partial_results_says_so(env, tmp_path, caplog):
+    from nima.predict import predict
+
+    _, models = env
+    make_images(tmp_path / "img", 2)
+    assert predict(tmp_path / "img", models["a"], predictions_file=tmp_path / "o.json",
+                   backend="tflite", resume=True) == (2, 0)
+    assert "nothing to resume" in caplog.text
