@@ -317,3 +317,33 @@ def test_non_utf8_file_names_survive_every_format(tmp_path):
         assert "image unavailable" not in out.read_text(encoding="utf-8")
     assert cli.main(["report", str(tmp_path / "p.csv"), "--image-source", str(image_dir),
                      "-o", str(tmp_path / "sheet.png")]) == 0
+
+
+def test_normalized_scores_are_not_filtered_out(tmp_path):
+    """`nima predict --normalize minmax --range 0 100` results: the page's filter starts
+    open over 0..100 (a fixed 1..10 filter hid every card above 10 on load), and each
+    chart's mean line stays at its distribution's mean, inside the 1..10 axis."""
+    import re
+
+    image_dir, results = scored_folder(tmp_path, n=4)
+    means = [r["mean_score_prediction"] for r in results if "error" not in r]
+    lo, hi = min(means), max(means)
+    normalized = [r if "error" in r else
+                  dict(r, mean_score_prediction=round((r["mean_score_prediction"] - lo)
+                                                     / (hi - lo) * 100, 6),
+                       mean_score_raw=r["mean_score_prediction"]) for r in results]
+    preds = write_json(tmp_path / "n.json", normalized)
+    out = tmp_path / "g.html"
+    assert cli.main(["report", str(preds), "--image-source", str(image_dir), "-o",
+                     str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    low = float(re.search(r'id="min"[^>]* value="([-\d.]+)"', text).group(1))
+    high = float(re.search(r'id="max"[^>]* value="([-\d.]+)"', text).group(1))
+    assert low <= 0 and high >= 100
+    lines = [float(x) for x in re.findall(r'<line x1="([-\d.]+)"', text)]
+    raw = sorted((r["mean_score_raw"] for r in normalized if "error" not in r), reverse=True)
+    assert lines == pytest.approx([(m - 1) * 16 + 8 for m in raw], abs=0.01)
+    # Plain 1..10 scores keep the 1..10 filter.
+    assert cli.main(["report", str(write_json(tmp_path / "p.json", results)), "--image-source",
+                     str(image_dir), "-o", str(out)]) == 0
+    assert 'id="min" type="number" min="1" max="10" step="0.1" value="1"' in out.read_text()

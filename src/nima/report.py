@@ -312,7 +312,10 @@ def _item_html(item: Item, thumb: tuple[str, int, int] | str) -> str:
     else:
         picture = f'<div class="thumb missing" title="{e(thumb)}">image unavailable</div>'
     return (f'<figure class="item" data-mean="{item.mean:.4f}" data-sd="{item.sd:.4f}" '
-            f'data-rank="{item.rank}">{picture}{distribution_svg(item.dist, item.mean)}'
+            # The line marks the distribution's own mean: after `--normalize` item.mean
+            # is on another scale (0..100, say) than the ten bars.
+            f'data-rank="{item.rank}">{picture}'
+            f'{distribution_svg(item.dist, float(scores.mean_score(item.dist)))}'
             f'<figcaption><span class="score">{item.mean:.2f}</span> ± {item.sd:.2f}'
             f'<span class="rank">#{item.rank}</span>'
             f'<span class="name" title="{e(item.image)}">{e(item.image)}</span>'
@@ -326,6 +329,10 @@ def write_gallery(selection: Selection, image_source: Path, output: str | Path, 
     means = [it.mean for it in selection.items]
     shown = len(means)
     span = f"mean scores {min(means):.2f} – {max(means):.2f}" if means else "no scored images"
+    # The filter starts open over every mean: 1..10, or wider for normalised scores (a
+    # 1..10 filter would hide every card of a `--normalize minmax --range 0 100` run).
+    lo = min(1, math.floor(min(means))) if means else 1
+    hi = max(10, math.ceil(max(means))) if means else 10
     unavailable = 0
     with files.atomic_open(output, "w", encoding="utf-8") as f:
         f.write(f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -334,8 +341,9 @@ def write_gallery(selection: Selection, image_source: Path, output: str | Path, 
                 f"<header><h1>{e(title)}</h1><span class=\"meta\">{selection.n_scored} scored"
                 f", {selection.n_failed} failed; {span}</span>"
                 f'<form id="filter" onsubmit="return false">mean from '
-                f'<input id="min" type="number" min="1" max="10" step="0.1" value="1"> to '
-                f'<input id="max" type="number" min="1" max="10" step="0.1" value="10"> '
+                f'<input id="min" type="number" min="{lo}" max="{hi}" step="0.1" value="{lo}">'
+                f' to <input id="max" type="number" min="{lo}" max="{hi}" step="0.1" '
+                f'value="{hi}"> '
                 f'<output id="shown">{shown} of {shown} shown</output></form></header>\n'
                 "<main>\n")
         for heading, group in selection.sections:
