@@ -382,3 +382,19 @@ def test_resume_without_partial_results_says_so(env, tmp_path, caplog):
     assert predict(tmp_path / "img", models["a"], predictions_file=tmp_path / "o.json",
                    backend="tflite", resume=True) == (2, 0)
     assert "nothing to resume" in caplog.text
+
+
+def test_a_directory_as_output_is_refused_before_scoring(env, tmp_path):
+    from nima.errors import NimaError
+    from nima.predict import merge, predict
+
+    _, models = env
+    make_images(tmp_path / "img", 2)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(NimaError, match="is a directory; name a file"):
+        predict(tmp_path / "img", models["a"], predictions_file=tmp_path / "out",
+                backend="tflite")
+    assert not (tmp_path / "out.partial").exists()  # nothing was scored for nothing
+    (tmp_path / "p.jsonl").write_text("")
+    with pytest.raises(NimaError, match="is a directory; name a file"):
+        merge(tmp_path / "out", [tmp_path / "p.jsonl"])

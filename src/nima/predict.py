@@ -638,6 +638,8 @@ def predict(
         raise NimaError("--resume needs --predictions-file (the partial results live beside it)")
     if not source.exists():
         raise NimaError(f"image source not found: {source}")
+    if predictions_file is not None:
+        _check_output(Path(predictions_file), "--predictions-file")
     root = source if source.is_dir() else source.parent
     sources = list(model) if isinstance(model, (list, tuple)) else [model]
     predictors = [Predictor.load(m, config_file, backend) for m in sources]
@@ -727,6 +729,13 @@ def predict(
     return count, failed
 
 
+def _check_output(path: Path, what: str) -> None:
+    """Before any work: a run of hours must not end in 'cannot write' at the last step."""
+    if path.is_dir():
+        raise NimaError(f"{what} {path} is a directory; name a file, e.g. "
+                        f"{path / 'predictions.json'}")
+
+
 def _log_done(count: int, failed: int, started: float, predictions_file, source: Path,
               num_shards: int) -> None:
     if count == 0:  # a mistyped folder should not pass for a finished job
@@ -752,6 +761,7 @@ def merge(output: str | Path, parts: Sequence[str | Path], fmt: str | None = Non
     fmt = fmt or _format_of(output)
     if not parts:
         raise NimaError("merge needs at least one part")
+    _check_output(output, "output")
     for part in parts:
         if not Path(part).is_file():
             raise DataError(f"part not found: {part}")
