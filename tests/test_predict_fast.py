@@ -398,3 +398,14 @@ def test_a_directory_as_output_is_refused_before_scoring(env, tmp_path):
     (tmp_path / "p.jsonl").write_text("")
     with pytest.raises(NimaError, match="is a directory; name a file"):
         merge(tmp_path / "out", [tmp_path / "p.jsonl"])
+
+
+def test_every_scoring_option_has_help():
+    from nima.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+    missing = [(name, a.option_strings or a.dest)
+               for name in ("predict", "merge", "evaluate", "report", "export", "calibrate")
+               for a in sub.choices[name]._actions if a.help is None]
+    assert missing == []

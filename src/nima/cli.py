@@ -112,9 +112,11 @@ def _merge(sub: argparse._SubParsersAction) -> None:
                        description="Join predictions files of any format into OUT (format "
                        "from its suffix .json/.jsonl/.csv, or --format), de-duplicated by "
                        "image path, every record validated.")
-    p.add_argument("output", type=Path, metavar="OUT")
-    p.add_argument("parts", type=Path, nargs="+", metavar="PARTS")
-    p.add_argument("--format", choices=("json", "jsonl", "csv"))
+    p.add_argument("output", type=Path, metavar="OUT", help="the merged predictions file")
+    p.add_argument("parts", type=Path, nargs="+", metavar="PARTS",
+                   help="predictions files of `nima predict` (json, jsonl or csv, any mix)")
+    p.add_argument("--format", choices=("json", "jsonl", "csv"),
+                   help="format of OUT (default: from its suffix, else json)")
 
     def run(a: argparse.Namespace) -> int:
         from nima.predict import merge
@@ -129,8 +131,10 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="measure a model on a label file",
                        description="EMD (r=1, r=2), SRCC/PLCC of the mean, SRCC of the sd, "
                        "accuracy at threshold 5 and MAE, as a table and as JSON.")
-    p.add_argument("--samples-file", type=Path, required=True)
-    p.add_argument("--image-dir", type=Path)
+    p.add_argument("--samples-file", type=Path, required=True,
+                   help='label JSON: [{"image_id": ..., "label": [10 numbers]}, ...]')
+    p.add_argument("--image-dir", type=Path, help="folder with <image_id>.<ext> files "
+                   "(not needed for --baseline prior)")
     _add_model_args(p)
     p.add_argument("--baseline", choices=("prior",),
                    help="evaluate a baseline instead of a model: 'prior' predicts the mean "
@@ -389,7 +393,8 @@ def _calibrate(sub: argparse._SubParsersAction) -> None:
         "mode (see docs/default-model.md).")
     p.add_argument("--model", type=Path, required=True, help="a .keras model")
     p.add_argument("--samples-file", type=Path, required=True, help="training label file")
-    p.add_argument("--image-dir", type=Path, required=True)
+    p.add_argument("--image-dir", type=Path, required=True,
+                   help="folder with <image_id>.<ext> files")
     p.add_argument("--output-file", type=Path, required=True, help="the calibrated .keras model")
     p.add_argument("--batches", type=int, default=64, help="batches to average (default 64)")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
@@ -434,7 +439,8 @@ def _export(sub: argparse._SubParsersAction) -> None:
                    help="a .keras model, a job or model directory, or a .weights.h5 file "
                    "(with --config-file); default: the shipped model")
     p.add_argument("--config-file", type=Path, help="training config for a .weights.h5 file")
-    p.add_argument("--format", choices=("savedmodel", "tflite", "onnx"), required=True)
+    p.add_argument("--format", choices=("savedmodel", "tflite", "onnx"), required=True,
+                   help="savedmodel (a directory, for TF Serving), tflite or onnx (a file)")
     p.add_argument("--quantize", choices=("fp16", "int8"),
                    help="tflite: float16 weights, or int8 (dynamic range; full integer "
                    "with --representative-images); onnx: int8 (dynamic)")
