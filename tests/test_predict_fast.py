@@ -409,3 +409,15 @@ def test_every_scoring_option_has_help():
                for name in ("predict", "merge", "evaluate", "report", "export", "calibrate")
                for a in sub.choices[name]._actions if a.help is None]
     assert missing == []
+
+
+def test_long_runs_log_progress(env, tmp_path, monkeypatch, caplog):
+    from nima import predict as predict_module
+
+    _, models = env
+    make_images(tmp_path / "img", 5)
+    monkeypatch.setattr(predict_module, "PROGRESS_SECONDS", 0.0)
+    caplog.set_level("INFO", logger="nima")
+    predict_module.predict(tmp_path / "img", models["a"], predictions_file=tmp_path / "o.json",
+                           backend="tflite", batch_size=2)
+    assert "5 images scored so far (0 failed)" in caplog.text

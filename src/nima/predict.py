@@ -653,7 +653,7 @@ def predict(
     # Straight to stdout: nothing to resume or normalise, stream as we go.
     if predictions_file is None and normalization is None:
         with ResultWriter(None, fmt) as writer:
-            for result in ensemble.score_files(paths, root, batch_size, workers):
+            for result in _progress(ensemble.score_files(paths, root, batch_size, workers)):
                 writer.write(result)
         _log_done(writer.count, writer.failed, started, None, source, num_shards)
         return writer.count, writer.failed
@@ -687,7 +687,7 @@ def predict(
                             partial)
             try:
                 buf = io.BytesIO()
-                for result in ensemble.score_files(paths, root, batch_size, workers):
+                for result in _progress(ensemble.score_files(paths, root, batch_size, workers)):
                     buf.write(json.dumps(result).encode("ascii") + b"\n")
                     new += 1
                     if new % batch_size == 0:  # one write per batch: whole lines reach the file
@@ -727,6 +727,25 @@ def predict(
             tmpdir.cleanup()
     _log_done(count, failed, started, predictions_file, source, num_shards)
     return count, failed
+
+
+PROGRESS_SECONDS = 60.0
+
+
+def _progress(results: Iterable[dict]) -> Iterator[dict]:
+    """Pass results through, logging a count every PROGRESS_SECONDS: a job over millions of
+    photos would otherwise say nothing for hours."""
+    start = last = time.monotonic()
+    n = failed = 0
+    for r in results:
+        n += 1
+        failed += "error" in r
+        now = time.monotonic()
+        if now - last >= PROGRESS_SECONDS:
+            log.info("%d images scored so far (%d failed), %.1f img/s", n, failed,
+                     n / (now - start))
+            last = now
+        yield r
 
 
 def _check_output(path: Path, what: str) -> None:
