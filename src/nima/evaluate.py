@@ -55,7 +55,11 @@ def format_table(result: dict[str, float]) -> str:
     lines = [f"{'metric':<14}{'value':>10}", "-" * 24]
     for key, name in names.items():
         v = result[key]
-        lines.append(f"{name:<14}{v:>10d}" if key == "n" else f"{name:<14}{v:>10.4f}")
+        if key == "n":
+            lines.append(f"{name:<14}{v:>10d}")
+        else:  # an undefined correlation (a constant prediction) is NaN, or None from JSON
+            lines.append(f"{name:<14}{'n/a':>10}" if v is None or not np.isfinite(v)
+                         else f"{name:<14}{v:>10.4f}")
     return "\n".join(lines)
 
 
