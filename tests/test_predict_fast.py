@@ -421,3 +421,23 @@ def test_long_runs_log_progress(env, tmp_path, monkeypatch, caplog):
     predict_module.predict(tmp_path / "img", models["a"], predictions_file=tmp_path / "o.json",
                            backend="tflite", batch_size=2)
     assert "5 images scored so far (0 failed)" in caplog.text
+
+
+def test_an_ensemble_of_different_tasks_warns(env, tmp_path, caplog):
+    import shutil
+
+    from nima.predict import Ensemble, Predictor
+
+    _, models = env
+    jobs = []
+    for task in ("aesthetic", "technical"):
+        job = tmp_path / task
+        job.mkdir()
+        shutil.copy(models["a"], job / "best.keras")
+        (job / "config.json").write_text(json.dumps({"task": task}))
+        jobs.append(Predictor.load(job, backend="tflite"))
+    assert [p.info["task"] for p in jobs] == ["aesthetic", "technical"]
+    Ensemble(jobs[:1] * 2)
+    assert "different tasks" not in caplog.text
+    Ensemble(jobs)
+    assert "averaging models trained for different tasks (aesthetic, technical)" in caplog.text

@@ -160,6 +160,9 @@ class Predictor:
                 info.update(json.loads(meta.read_text()))
             except ValueError:
                 log.warning("ignoring unreadable %s", meta)
+        if "task" not in info:  # a training job records it in its config
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                info["task"] = json.loads((path.parent / "config.json").read_text())["task"]
         loader, defining = _model_loader(path, config_file)
         if backend == "auto":
             backend = "keras" if _maybe_gpu() and runtime.has_gpu() else "tflite"
@@ -245,6 +248,10 @@ class Ensemble:
             raise NimaError("no model to predict with")
         self.predictors = list(predictors)
         self.sizes = sorted({p.input_size for p in self.predictors})
+        tasks = {p.info["task"] for p in self.predictors if p.info.get("task")}
+        if len(tasks) > 1:
+            log.warning("averaging models trained for different tasks (%s): the mean score "
+                        "rates neither; score them in separate runs", ", ".join(sorted(tasks)))
 
     def predict_batches(self, arrays: dict[int, np.ndarray]) -> np.ndarray:
         out = [p.predict_arrays(arrays[p.input_size]) for p in self.predictors]
