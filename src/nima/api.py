@@ -18,6 +18,8 @@ ImageError.
 Images are resized the same way as everywhere in the toolkit (`nima.images`: Pillow,
 bilinear, squashed to the model's square input, no crop). Numpy arrays are RGB (or gray /
 RGBA) with values 0..255, uint8 or float (floats are rounded to uint8 before the resize).
+A large JPEG file is decoded at reduced DCT scale first (draft mode, as in training); a PIL
+image or array of it is resized from all its pixels, so its scores differ slightly.
 """
 
 from __future__ import annotations
