@@ -119,8 +119,8 @@ class Predictor:
         self._model, self._loader = model, loader
         self.info = dict(info or {})
         self._input_size = input_size
-        self.runner = runner if runner is not None else None
-        if self.runner is None and model is not None:
+        self.runner = runner
+        if runner is None and model is not None:
             self.runner = runtime.KerasRunner(model)
 
     @property
