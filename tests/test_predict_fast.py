@@ -441,3 +441,29 @@ def test_an_ensemble_of_different_tasks_warns(env, tmp_path, caplog):
     assert "different tasks" not in caplog.text
     Ensemble(jobs)
     assert "averaging models trained for different tasks (aesthetic, technical)" in caplog.text
+
+
+def test_a_model_returning_nan_gives_error_entries_and_strict_json(env, tmp_path):
+    """A diverged model (NaN weights) must not write NaN tokens: not JSON for jq, browsers or
+    `nima merge`. Each image gets an error entry instead, and the exit code says so."""
+    import keras
+
+    from nima.cli import main
+    from nima.predict import merge
+
+    _, models = env
+    model = keras.saving.load_model(models["a"])
+    dense = model.layers[-1]
+    kernel, bias = dense.get_weights()
+    dense.set_weights([kernel, np.full_like(bias, np.nan)])
+    model.save(tmp_path / "nan.keras")
+    make_images(tmp_path / "img", 3)
+    out = tmp_path / "o.json"
+    assert main(["predict", "--image-source", str(tmp_path / "img"), "--model",
+                 str(tmp_path / "nan.keras"), "--backend", "keras", "--predictions-file",
+                 str(out)]) == 3
+    def refuse(name):
+        raise AssertionError(f"{name} in the output")
+    results = json.loads(out.read_text(), parse_constant=refuse)
+    assert len(results) == 3 and all("NaN" in r["error"] for r in results)
+    assert merge(tmp_path / "m.json", [out]) == (3, 3)

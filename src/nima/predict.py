@@ -286,7 +286,11 @@ class Ensemble:
 
 
 def result_fields(dist: np.ndarray) -> dict:
+    """The score fields of one result, or an error for a distribution that is not finite
+    (a diverged model): NaN is not JSON, and every strict reader would refuse the file."""
     dist = np.asarray(dist, np.float64)
+    if not np.isfinite(dist).all():
+        return {"error": "the model returned NaN or infinite scores (diverged weights?)"}
     return {"predictions": [round(float(p), 6) for p in dist],
             "mean_score_prediction": round(float(scores.mean_score(dist)), 6),
             "sd_score_prediction": round(float(scores.sd_score(dist)), 6)}
