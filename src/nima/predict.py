@@ -589,7 +589,7 @@ def _lock(f: IO[bytes], partial: Path) -> None:
         same = os.path.samestat(os.fstat(f.fileno()), os.stat(partial))
     except FileNotFoundError:
         same = False
-    if not same:  # the run we waited on finished and removed it between our open and lock
+    if not same:  # a run finished and removed it between our open() and our lock
         raise NimaError(f"another nima predict has just finished with {partial}; run again "
                         "to score the images anew")
 
