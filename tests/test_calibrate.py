@@ -40,3 +40,32 @@ def test_cli_calibrates_a_saved_model(dataset, tmp_path: Path):
     after = batchnorm_layers(load_model(out))[0]
     assert np.allclose(before.moving_variance.numpy(), 1.0)
     assert not np.allclose(after.moving_variance.numpy(), 1.0)
+
+
+def test_broken_images_and_a_wrong_suffix_are_handled(dataset, tmp_path: Path, capsys):
+    """Batches that lose every image to decoding errors are skipped (an empty batch crashed
+    Keras); a non-.keras output name is refused before anything is written."""
+    import json
+
+    from nima.cli import main
+
+    samples, image_dir, config = dataset
+    rows = json.loads(samples.read_text())
+    for i in range(6):
+        (image_dir / f"bad{i}.jpg").write_text("not a jpeg")
+    bad_first = [{"image_id": f"bad{i}", "label": [1] * 10} for i in range(6)] + rows
+    (tmp_path / "s.json").write_text(json.dumps(bad_first))
+    build_model(Config.load(config)).save(tmp_path / "in.keras")
+    args = ["calibrate", "--model", str(tmp_path / "in.keras"), "--samples-file",
+            str(tmp_path / "s.json"), "--image-dir", str(image_dir), "--batch-size", "2"]
+    assert main([*args, "--output-file", str(tmp_path / "out.h5")]) == 1
+    assert "must end in .keras" in capsys.readouterr().err
+    assert not (tmp_path / "out.h5").exists()
+    # 30 images, 6 broken, batches of 2 in random order: some batches are entirely broken.
+    assert main([*args, "--output-file", str(tmp_path / "out.keras"), "--batches", "15",
+                 "--seed", "3"]) == 0
+    used = int(capsys.readouterr().out.split("from ")[1].split()[0])
+    assert 0 < used < 15
+    bn = batchnorm_layers(load_model(tmp_path / "out.keras"))[0]
+    assert np.isfinite(bn.moving_variance.numpy()).all()
+    assert not np.allclose(bn.moving_variance.numpy(), 1.0)

@@ -248,6 +248,26 @@ def test_cli_rejects_bad_options_before_loading(args, message, tmp_path, capsys)
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--format", "onnx", "--quantize", "int8", "--representative-images", "."],
+     "applies to tflite only"),
+    (["--format", "savedmodel", "--output", "{full}"], "already exists"),
+    (["--format", "tflite", "--output", "{full}"], "is a directory"),
+])
+def test_cli_rejects_options_and_outputs_before_loading(args, message, tmp_path, capsys):
+    """Refused before the model is loaded: the model path does not even exist."""
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "saved_model.pb").write_bytes(b"serving")
+    args = [a.format(full=tmp_path / "full") for a in args]
+    if "--output" not in args:
+        args += ["--output", str(tmp_path / "out.onnx")]
+    code = cli.main(["export", "--weights-file", str(tmp_path / "missing.keras"), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.startswith("nima export: error: ") and message in err, err
+    assert [p.name for p in tmp_path.iterdir()] == ["full"]
+    assert (tmp_path / "full" / "saved_model.pb").read_bytes() == b"serving"
+
+
 def test_cli_refuses_to_overwrite_a_savedmodel(setup, savedmodel, capsys):
     path, _ = savedmodel
     before = sorted(p.name for p in path.iterdir())

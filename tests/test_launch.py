@@ -165,6 +165,22 @@ def test_plan_predict_output_folder_is_the_only_writable_mount(inputs, tmp_path)
         launch.plan_predict(*_args("predict", "--image-source", str(tmp_path / "none")))
 
 
+def test_plan_predict_mounts_every_model_of_an_ensemble(inputs, tmp_path):
+    _, images, _ = inputs
+    models = [tmp_path / "a.keras", tmp_path / "job"]
+    models[0].write_bytes(b"x")
+    models[1].mkdir()
+    spec = launch.plan_predict(*_args("predict", "--image-source", str(images), "--model",
+                                      str(models[0]), "--weights-file", str(models[1])))
+    assert spec.command == ["predict", "--image-source", f"/host{images}", "--weights-file",
+                            f"/host{models[0]}", "--weights-file", f"/host{models[1]}"]
+    assert {Path(s): b["mode"] for s, b in spec.binds.items()} == {
+        images: "ro", models[0]: "ro", models[1]: "ro"}
+    with pytest.raises(LaunchError, match="weights file not found"):
+        launch.plan_predict(*_args("predict", "--image-source", str(images), "--model",
+                                   str(models[0]), "--model", str(tmp_path / "gone.keras")))
+
+
 def test_same_path_mounted_read_write_wins():
     spec = launch.RunSpec(command=[])
     spec.mount("/data/x", "ro")

@@ -122,3 +122,35 @@ def test_evaluate_model_on_images(tmp_path, model_file):
     assert r.returncode == 0, r.stderr
     m = json.loads(out.read_text())
     assert m["n"] == 6 and m["n_skipped"] == 1
+
+
+def test_evaluate_errors_are_one_line(tmp_path, model_file, capsys):
+    from nima.cli import main
+
+    rows = make_images(tmp_path / "img", 2)
+    (tmp_path / "s.json").write_text(json.dumps(rows))
+    (tmp_path / "elsewhere").mkdir()
+    base = ["evaluate", "--samples-file", str(tmp_path / "s.json"), "--weights-file",
+            str(model_file)]
+    for extra, message in ((["--image-dir", str(tmp_path / "elsewhere")], "none of the 2 images"),
+                           (["--image-dir", str(tmp_path / "img"), "--batch-size", "0"],
+                            "--batch-size must be at least 1")):
+        assert main(base + extra) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("nima evaluate: error: ") and message in err[-1], err
+
+
+def test_undefined_correlations_read_n_a(tmp_path):
+    """A constant prediction (the prior baseline) has no correlation: the table, on stdout and
+    in report.html, says n/a, as docs/reports.md promises, not nan."""
+    from nima import report
+
+    y_true = np.random.default_rng(0).dirichlet(np.ones(10), size=20)
+    y_pred = np.broadcast_to(y_true.mean(axis=0), y_true.shape)
+    m = {"model": "baseline:prior", **evaluate.metrics(y_true, y_pred)}
+    table = evaluate.format_table(m)
+    assert "nan" not in table and table.count("n/a") == 3
+    assert evaluate.format_table(evaluate._json_safe(m)) == table  # null from a JSON file
+    page = report.write_evaluation_report(tmp_path, [str(i) for i in range(20)], y_true,
+                                          y_pred, m).read_text()
+    assert "n/a" in page and "nan" not in page

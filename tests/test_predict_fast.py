@@ -153,6 +153,16 @@ def test_merge_prefers_a_score_over_an_error_and_validates(tmp_path):
     (tmp_path / "cut.json").write_text("[\n" + json.dumps(ok) + ",\n")
     with pytest.raises(DataError, match="truncated"):
         merge(tmp_path / "m3.json", [tmp_path / "cut.json"])
+    (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a predictions file")
+    with pytest.raises(DataError, match="photo.jpg is not UTF-8 text"):
+        merge(tmp_path / "m4.json", [tmp_path / "photo.jpg"])
+    # Every format, any JSON layout, an empty shard: all read back the same.
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "pretty.json").write_text(json.dumps([ok], indent=2))
+    assert merge(tmp_path / "m5.csv", [tmp_path / "empty.jsonl", tmp_path / "pretty.json"]) \
+        == (1, 0)
+    assert merge(tmp_path / "m6.jsonl", [tmp_path / "m5.csv"]) == (1, 0)
+    assert json.loads((tmp_path / "m6.jsonl").read_text()) == ok
 
 
 @pytest.mark.parametrize("fmt", ["json", "jsonl", "csv"])
@@ -263,3 +273,197 @@ def test_cli_errors_are_one_line(env, tmp_path):
     assert main([*args, "--num-shards", "2", "--shard-index", "2"]) == 1
     assert main([*args, "--resume"]) == 1
     assert main(["merge", str(tmp_path / "m.json"), str(tmp_path / "missing.json")]) == 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--workers", "-3"], "--workers must be at least 1"),
+    (["--num-shards", "0"], "--num-shards must be at least 1, not 0"),
+    (["--range", "0", "100"], "--range only applies with --normalize minmax"),
+])
+def test_bad_options_are_one_line_errors(env, tmp_path, capsys, extra, message):
+    from nima.cli import main
+
+    _, models = env
+    make_images(tmp_path / "img", 2)
+    assert main(["predict", "--image-source", str(tmp_path / "img"), "--model",
+                 str(models["a"]), "--backend", "tflite", *extra]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"nima predict: error: {message}", err
+
+
+def test_format_follows_the_file_suffix(env, tmp_path, caplog):
+    """--predictions-file scores.csv without --format writes CSV, not JSON named .csv."""
+    from nima.cli import main
+
+    _, models = env
+    make_images(tmp_path / "img", 3)
+    base = ["predict", "--image-source", str(tmp_path / "img"), "--model", str(models["a"]),
+            "--backend", "tflite", "--predictions-file"]
+    assert main([*base, str(tmp_path / "s.csv")]) == 0
+    assert (tmp_path / "s.csv").read_text().startswith("image_id,image,mean_score_prediction,")
+    assert main([*base, str(tmp_path / "s.jsonl")]) == 0
+    lines = (tmp_path / "s.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and all(json.loads(x)["image"] for x in lines)
+    assert main([*base, str(tmp_path / "s.csv.json"), "--format", "jsonl"]) == 0  # explicit
+    assert len((tmp_path / "s.csv.json").read_text().splitlines()) == 3
+    assert json.loads((tmp_path / "s.csv.meta.json").read_text())["format"] == "csv"
+    # An empty folder is a valid, empty result, but never a silent one.
+    (tmp_path / "none").mkdir()
+    assert main(["predict", "--image-source", str(tmp_path / "none"), "--model",
+                 str(models["a"]), "--backend", "tflite"]) == 0
+    assert "no image files" in caplog.text
+
+
+def test_a_second_run_on_the_same_file_is_refused(env, tmp_path):
+    """Two runs appending to one partial file would interleave their lines; the second run
+    must stop before touching the first one's results."""
+    import fcntl
+
+    from nima.errors import NimaError
+    from nima.predict import predict
+
+    _, models = env
+    make_images(tmp_path / "img", 3)
+    out = tmp_path / "out.json"
+    partial = tmp_path / "out.json.partial"
+    partial.write_text('{"image_id": "a", "image": "a.jpg", "error": "x"}\n')
+    with open(partial, "a+b") as running:  # what a run in progress holds
+        fcntl.flock(running.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for resume in (False, True):
+            with pytest.raises(NimaError, match="another nima predict is writing"):
+                predict(tmp_path / "img", models["a"], predictions_file=out, backend="tflite",
+                        resume=resume)
+        assert partial.read_text().count("\n") == 1 and not out.exists()
+    assert predict(tmp_path / "img", models["a"], predictions_file=out, backend="tflite",
+                   resume=True) == (4, 1)
+    assert not partial.exists()
+
+
+def test_merged_shards_are_in_the_order_of_one_run(env, tmp_path):
+    from nima.predict import merge, predict
+
+    _, models = env
+    folder = tmp_path / "img"
+    # "x-y/" sorts before "x/" as a string but after it in the folder walk.
+    for sub, n in (("x", 5), ("x-y", 4), ("x.y", 3), ("", 4)):
+        make_images(folder / sub, n, size=(20, 20), seed=n)
+    full = tmp_path / "full.jsonl"
+    predict(folder, models["a"], predictions_file=full, backend="tflite")
+    parts = [tmp_path / f"part{i}.jsonl" for i in range(4)]
+    for i, part in enumerate(parts):
+        predict(folder, models["a"], predictions_file=part, backend="tflite", num_shards=4,
+                shard_index=i)
+    assert merge(tmp_path / "merged.jsonl", parts[::-1]) == (16, 0)
+    assert load_results(tmp_path / "merged.jsonl") == load_results(full)
+
+
+def test_a_damaged_conversion_cache_is_rebuilt(env, tmp_path, monkeypatch, caplog):
+    from nima import images, runtime
+    from nima.predict import Predictor
+
+    _, models = env
+    monkeypatch.setenv("NIMA_CACHE_DIR", str(tmp_path / "cache"))
+    make_images(tmp_path / "img", 2)
+    batch = np.stack([images.load_image(p, 32) for p in sorted((tmp_path / "img").iterdir())])
+    want = Predictor.load(models["a"], backend="tflite").predict_arrays(batch)
+    (cached,) = (tmp_path / "cache" / "tflite").iterdir()
+    cached.write_bytes(cached.read_bytes()[:1000])  # e.g. a disk error, or a full disk elsewhere
+    got = Predictor.load(models["a"], backend="tflite")
+    assert got.backend == "tflite" and np.allclose(got.predict_arrays(batch), want, atol=1e-6)
+    assert "discarding the unreadable cached conversion" in caplog.text
+    assert runtime.TFLiteRunner(cached.read_bytes()).input_size == 32  # the entry was rebuilt
+
+
+def test_resume_without_partial_results_says_so(env, tmp_path, caplog):
+    from nima.predict import predict
+
+    _, models = env
+    make_images(tmp_path / "img", 2)
+    assert predict(tmp_path / "img", models["a"], predictions_file=tmp_path / "o.json",
+                   backend="tflite", resume=True) == (2, 0)
+    assert "nothing to resume" in caplog.text
+
+
+def test_a_directory_as_output_is_refused_before_scoring(env, tmp_path):
+    from nima.errors import NimaError
+    from nima.predict import merge, predict
+
+    _, models = env
+    make_images(tmp_path / "img", 2)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(NimaError, match="is a directory; name a file"):
+        predict(tmp_path / "img", models["a"], predictions_file=tmp_path / "out",
+                backend="tflite")
+    assert not (tmp_path / "out.partial").exists()  # nothing was scored for nothing
+    (tmp_path / "p.jsonl").write_text("")
+    with pytest.raises(NimaError, match="is a directory; name a file"):
+        merge(tmp_path / "out", [tmp_path / "p.jsonl"])
+
+
+def test_every_scoring_option_has_help():
+    from nima.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+    missing = [(name, a.option_strings or a.dest)
+               for name in ("predict", "merge", "evaluate", "report", "export", "calibrate")
+               for a in sub.choices[name]._actions if a.help is None]
+    assert missing == []
+
+
+def test_long_runs_log_progress(env, tmp_path, monkeypatch, caplog):
+    from nima import predict as predict_module
+
+    _, models = env
+    make_images(tmp_path / "img", 5)
+    monkeypatch.setattr(predict_module, "PROGRESS_SECONDS", 0.0)
+    caplog.set_level("INFO", logger="nima")
+    predict_module.predict(tmp_path / "img", models["a"], predictions_file=tmp_path / "o.json",
+                           backend="tflite", batch_size=2)
+    assert "5 images scored so far (0 failed)" in caplog.text
+
+
+def test_an_ensemble_of_different_tasks_warns(env, tmp_path, caplog):
+    import shutil
+
+    from nima.predict import Ensemble, Predictor
+
+    _, models = env
+    jobs = []
+    for task in ("aesthetic", "technical"):
+        job = tmp_path / task
+        job.mkdir()
+        shutil.copy(models["a"], job / "best.keras")
+        (job / "config.json").write_text(json.dumps({"task": task}))
+        jobs.append(Predictor.load(job, backend="tflite"))
+    assert [p.info["task"] for p in jobs] == ["aesthetic", "technical"]
+    Ensemble(jobs[:1] * 2)
+    assert "different tasks" not in caplog.text
+    Ensemble(jobs)
+    assert "averaging models trained for different tasks (aesthetic, technical)" in caplog.text
+
+
+def test_a_model_returning_nan_gives_error_entries_and_strict_json(env, tmp_path):
+    """A diverged model (NaN weights) must not write NaN tokens: not JSON for jq, browsers or
+    `nima merge`. Each image gets an error entry instead, and the exit code says so."""
+    import keras
+
+    from nima.cli import main
+    from nima.predict import merge
+
+    _, models = env
+    model = keras.saving.load_model(models["a"])
+    dense = model.layers[-1]
+    kernel, bias = dense.get_weights()
+    dense.set_weights([kernel, np.full_like(bias, np.nan)])
+    model.save(tmp_path / "nan.keras")
+    make_images(tmp_path / "img", 3)
+    out = tmp_path / "o.json"
+    assert main(["predict", "--image-source", str(tmp_path / "img"), "--model",
+                 str(tmp_path / "nan.keras"), "--backend", "keras", "--predictions-file",
+                 str(out)]) == 3
+    def refuse(name):
+        raise AssertionError(f"{name} in the output")
+    results = json.loads(out.read_text(), parse_constant=refuse)
+    assert len(results) == 3 and all("NaN" in r["error"] for r in results)
+    assert merge(tmp_path / "m.json", [out]) == (3, 3)

@@ -19,7 +19,7 @@ from conftest import make_images, tiny_config
 from PIL import Image
 from report_helpers import Page, decode_data_uri, external_urls, scored_folder, write_json
 
-from nima import cli, plots, report
+from nima import cli, plots, predict, report
 
 
 def png_ok(path: Path, min_size: tuple[int, int] = (200, 150)) -> np.ndarray:
@@ -263,7 +263,7 @@ def test_json_array_is_streamed_in_any_layout(tmp_path):
     assert list(report.read_predictions(one_line)) == json.loads(one_line.read_text())
     # Chunk boundaries anywhere inside an object: tiny chunks must give the same entries.
     with open(one_line, encoding="utf-8") as f:
-        assert list(report._json_array(f, one_line, chunk=7)) == results
+        assert list(predict._json_array(f, one_line, chunk=7)) == results
 
 
 @pytest.mark.parametrize("content, message", [
@@ -273,12 +273,13 @@ def test_json_array_is_streamed_in_any_layout(tmp_path):
     ("{\"image\": \"a.jpg\", \"error\": \"x\"}\n{oops\n", "line 2 is not valid JSON"),
     ("name,score\na,1\n", "not a predictions CSV"),
     ("[]", "no predictions"),
+    (b"\xff\xd8\xff\xe0 a JPEG given by mistake", "not UTF-8 text"),
     ('[{"image": "a.jpg", "predictions": [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1], '
      '"mean_score_prediction": "high"}]', "is not a number"),
 ])
 def test_bad_predictions_file_is_one_clear_error(tmp_path, capsys, content, message):
     preds = tmp_path / "p.json"
-    preds.write_text(content)
+    preds.write_bytes(content if isinstance(content, bytes) else content.encode())
     (tmp_path / "images").mkdir()
     code = cli.main(["report", str(preds), "--image-source", str(tmp_path / "images"), "-o",
                      str(tmp_path / "g.html")])
@@ -286,3 +287,63 @@ def test_bad_predictions_file_is_one_clear_error(tmp_path, capsys, content, mess
     assert code == 1
     assert err[-1].startswith("nima report: error: ") and message in err[-1], err
     assert not (tmp_path / "g.html").exists()
+
+
+def test_non_utf8_file_names_survive_every_format(tmp_path):
+    """A file name that is not valid UTF-8 (an old camera card, a Latin-1 archive): the CSV
+    predict writes keeps its bytes; merge and report must read it back, and the page shows
+    it (the bytes as U+FFFD) with its thumbnail."""
+    import os
+
+    image_dir, results = scored_folder(tmp_path, n=3)
+    raw = os.fsencode(image_dir) + b"/caf\xe9.jpg"
+    os.rename(image_dir / results[1]["image"], raw)
+    name = os.fsdecode(b"caf\xe9.jpg")  # "caf\udce9.jpg"
+    results[1] = dict(results[1], image=name, image_id=name[:-4])
+    for fmt in ("csv", "jsonl"):
+        with predict.ResultWriter(tmp_path / f"p.{fmt}", fmt) as writer:
+            for r in results:
+                writer.write(r)
+    assert b"caf\xe9.jpg" in (tmp_path / "p.csv").read_bytes()
+    assert predict.merge(tmp_path / "m.jsonl", [tmp_path / "p.csv"]) == (4, 1)
+    assert [r["image"] for r in predict.read_results(tmp_path / "m.jsonl")] == \
+        [r["image"] for r in results]
+    for fmt in ("csv", "jsonl"):
+        out = tmp_path / f"g-{fmt}.html"
+        assert cli.main(["report", str(tmp_path / f"p.{fmt}"), "--image-source",
+                         str(image_dir), "-o", str(out)]) == 0
+        page = Page(out.read_text(encoding="utf-8"))
+        assert len(page.items) == 3 and "caf\ufffd.jpg" in out.read_text(encoding="utf-8")
+        assert "image unavailable" not in out.read_text(encoding="utf-8")
+    assert cli.main(["report", str(tmp_path / "p.csv"), "--image-source", str(image_dir),
+                     "-o", str(tmp_path / "sheet.png")]) == 0
+
+
+def test_normalized_scores_are_not_filtered_out(tmp_path):
+    """`nima predict --normalize minmax --range 0 100` results: the page's filter starts
+    open over 0..100 (a fixed 1..10 filter hid every card above 10 on load), and each
+    chart's mean line stays at its distribution's mean, inside the 1..10 axis."""
+    import re
+
+    image_dir, results = scored_folder(tmp_path, n=4)
+    means = [r["mean_score_prediction"] for r in results if "error" not in r]
+    lo, hi = min(means), max(means)
+    normalized = [r if "error" in r else
+                  dict(r, mean_score_prediction=round((r["mean_score_prediction"] - lo)
+                                                     / (hi - lo) * 100, 6),
+                       mean_score_raw=r["mean_score_prediction"]) for r in results]
+    preds = write_json(tmp_path / "n.json", normalized)
+    out = tmp_path / "g.html"
+    assert cli.main(["report", str(preds), "--image-source", str(image_dir), "-o",
+                     str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    low = float(re.search(r'id="min"[^>]* value="([-\d.]+)"', text).group(1))
+    high = float(re.search(r'id="max"[^>]* value="([-\d.]+)"', text).group(1))
+    assert low <= 0 and high >= 100
+    lines = [float(x) for x in re.findall(r'<line x1="([-\d.]+)"', text)]
+    raw = sorted((r["mean_score_raw"] for r in normalized if "error" not in r), reverse=True)
+    assert lines == pytest.approx([(m - 1) * 16 + 8 for m in raw], abs=0.01)
+    # Plain 1..10 scores keep the 1..10 filter.
+    assert cli.main(["report", str(write_json(tmp_path / "p.json", results)), "--image-source",
+                     str(image_dir), "-o", str(out)]) == 0
+    assert 'id="min" type="number" min="1" max="10" step="0.1" value="1"' in out.read_text()

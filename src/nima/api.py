@@ -18,6 +18,8 @@ ImageError.
 Images are resized the same way as everywhere in the toolkit (`nima.images`: Pillow,
 bilinear, squashed to the model's square input, no crop). Numpy arrays are RGB (or gray /
 RGBA) with values 0..255, uint8 or float (floats are rounded to uint8 before the resize).
+A large JPEG file is decoded at reduced DCT scale first (draft mode, as in training); a PIL
+image or array of it is resized from all its pixels, so its scores differ slightly.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ class NimaModel:
             raise ValueError("batch_size must be at least 1")
         items, root = _items(images)
         if not augmented and all(item.path is not None for item in items):
-            # Files only: the tf.data pipeline decodes in parallel, as `nima predict` does.
+            # Files only: decoded by a thread pool ahead of the model, as `nima predict` does.
             return list(self.predictor.score_files((i.path for i in items), root, batch_size))
         results: list[dict] = []
         for start in range(0, len(items), batch_size):

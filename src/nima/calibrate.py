@@ -36,8 +36,8 @@ def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization
 
 def recalibrate_batchnorm(model: keras.Model, batches: Iterable[np.ndarray]) -> int:
     """Set every BatchNormalization's moving statistics to the mean batch statistics over
-    `batches` (float RGB 0..255, the model's input). Weights are not touched. Returns the
-    number of batches used."""
+    `batches` (float RGB 0..255, the model's input). Weights are not touched. Batches of
+    fewer than 2 images are skipped. Returns the number of batches used."""
     layers = batchnorm_layers(model)
     if not layers:
         return 0
@@ -51,6 +51,8 @@ def recalibrate_batchnorm(model: keras.Model, batches: Iterable[np.ndarray]) -> 
     n = 0
     try:
         for x in batches:
+            if len(x) < 2:  # no statistics in an empty batch; no variance at 1x1 in one image
+                continue
             # momentum k/(k+1) turns the exponential average into the exact running mean
             # (the first batch replaces the old values outright).
             for bn in layers:
@@ -74,6 +76,8 @@ def calibrate_file(model_file: str | Path, samples_file: str | Path, image_dir: 
     from nima.errors import DataError
     from nima.model import load_model, model_input_size
 
+    if not str(output_file).endswith(".keras"):  # Keras would write a .keras zip under any name
+        raise DataError(f"--output-file must end in .keras, not {Path(output_file).name}")
     model = load_model(model_file)
     samples = labels.load_samples(samples_file)
     found, _ = labels.find_images(samples, image_dir)
@@ -83,6 +87,9 @@ def calibrate_file(model_file: str | Path, samples_file: str | Path, image_dir: 
     paths = [found[i][1] for i in order]
     ds = pipeline.eval_dataset(paths, np.stack([found[i][0].label for i in order]),
                                input_size=model_input_size(model), batch_size=batch_size)
+    # Unreadable images are dropped from their batch (a batch of them, entirely).
     n = recalibrate_batchnorm(model, (x[err == b""] for x, _, err in ds.as_numpy_iterator()))
+    if n == 0:
+        raise DataError(f"fewer than 2 readable images of {samples_file} in {image_dir}")
     files.save_keras(model, output_file)
     return n

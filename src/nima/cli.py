@@ -85,7 +85,9 @@ def _predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--predictions-file", type=Path,
                    help="write results here (atomically; partial results beside it in "
                    "FILE.partial while running; run metadata in FILE.meta.json)")
-    p.add_argument("--format", choices=("json", "jsonl", "csv"), default="json")
+    p.add_argument("--format", choices=("json", "jsonl", "csv"),
+                   help="JSON array, JSON lines or CSV (default: from the suffix of "
+                   "--predictions-file, .jsonl/.ndjson or .csv, else json)")
     p.add_argument("--backend", choices=("auto", "keras", "tflite"), default="auto",
                    help="auto (default): Keras on a GPU, TFLite/XNNPACK on CPU")
     p.add_argument("--workers", type=int, help="decoding threads (default: all CPUs)")
@@ -97,7 +99,7 @@ def _predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--normalize", choices=("minmax",),
                    help="rescale this run's mean scores to --range (default 1 10)")
     p.add_argument("--range", dest="norm_range", type=float, nargs=2, metavar=("LO", "HI"),
-                   default=(1.0, 10.0))
+                   help="target range of --normalize (default 1 10)")
 
     def run(a: argparse.Namespace) -> int:
         from nima.predict import predict
@@ -107,7 +109,8 @@ def _predict(sub: argparse._SubParsersAction) -> None:
                             batch_size=a.batch_size, backend=a.backend,
                             num_shards=a.num_shards, shard_index=a.shard_index,
                             resume=a.resume, normalize=a.normalize,
-                            norm_range=tuple(a.norm_range), workers=a.workers)
+                            norm_range=a.norm_range and tuple(a.norm_range),
+                            workers=a.workers)
         return EXIT_PARTIAL if failed else EXIT_OK
 
     p.set_defaults(run=run)
@@ -118,9 +121,11 @@ def _merge(sub: argparse._SubParsersAction) -> None:
                        description="Join predictions files of any format into OUT (format "
                        "from its suffix .json/.jsonl/.csv, or --format), de-duplicated by "
                        "image path, every record validated.")
-    p.add_argument("output", type=Path, metavar="OUT")
-    p.add_argument("parts", type=Path, nargs="+", metavar="PARTS")
-    p.add_argument("--format", choices=("json", "jsonl", "csv"))
+    p.add_argument("output", type=Path, metavar="OUT", help="the merged predictions file")
+    p.add_argument("parts", type=Path, nargs="+", metavar="PARTS",
+                   help="predictions files of `nima predict` (json, jsonl or csv, any mix)")
+    p.add_argument("--format", choices=("json", "jsonl", "csv"),
+                   help="format of OUT (default: from its suffix, else json)")
 
     def run(a: argparse.Namespace) -> int:
         from nima.predict import merge
@@ -135,8 +140,10 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="measure a model on a label file",
                        description="EMD (r=1, r=2), SRCC/PLCC of the mean, SRCC of the sd, "
                        "accuracy at threshold 5 and MAE, as a table and as JSON.")
-    p.add_argument("--samples-file", type=Path, required=True)
-    p.add_argument("--image-dir", type=Path)
+    p.add_argument("--samples-file", type=Path, required=True,
+                   help='label JSON: [{"image_id": ..., "label": [10 numbers]}, ...]')
+    p.add_argument("--image-dir", type=Path, help="folder with <image_id>.<ext> files "
+                   "(not needed for --baseline prior)")
     _add_model_args(p)
     p.add_argument("--baseline", choices=("prior",),
                    help="evaluate a baseline instead of a model: 'prior' predicts the mean "
@@ -407,7 +414,8 @@ def _calibrate(sub: argparse._SubParsersAction) -> None:
         "mode (see docs/default-model.md).")
     p.add_argument("--model", type=Path, required=True, help="a .keras model")
     p.add_argument("--samples-file", type=Path, required=True, help="training label file")
-    p.add_argument("--image-dir", type=Path, required=True)
+    p.add_argument("--image-dir", type=Path, required=True,
+                   help="folder with <image_id>.<ext> files")
     p.add_argument("--output-file", type=Path, required=True, help="the calibrated .keras model")
     p.add_argument("--batches", type=int, default=64, help="batches to average (default 64)")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
@@ -452,7 +460,8 @@ def _export(sub: argparse._SubParsersAction) -> None:
                    help="a .keras model, a job or model directory, or a .weights.h5 file "
                    "(with --config-file); default: the shipped model")
     p.add_argument("--config-file", type=Path, help="training config for a .weights.h5 file")
-    p.add_argument("--format", choices=("savedmodel", "tflite", "onnx"), required=True)
+    p.add_argument("--format", choices=("savedmodel", "tflite", "onnx"), required=True,
+                   help="savedmodel (a directory, for TF Serving), tflite or onnx (a file)")
     p.add_argument("--quantize", choices=("fp16", "int8"),
                    help="tflite: float16 weights, or int8 (dynamic range; full integer "
                    "with --representative-images); onnx: int8 (dynamic)")
@@ -467,7 +476,7 @@ def _export(sub: argparse._SubParsersAction) -> None:
         from nima.export import check_options, export
         from nima.predict import Predictor
 
-        check_options(a.format, a.quantize, a.representative_images)
+        check_options(a.format, a.quantize, a.representative_images, a.output)
         predictor = Predictor.load(a.model, a.config_file)
         path = export(predictor.model, a.format, a.output, a.quantize, a.representative_images)
         log.info("wrote %s %s", a.format, path)

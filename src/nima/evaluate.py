@@ -55,7 +55,11 @@ def format_table(result: dict[str, float]) -> str:
     lines = [f"{'metric':<14}{'value':>10}", "-" * 24]
     for key, name in names.items():
         v = result[key]
-        lines.append(f"{name:<14}{v:>10d}" if key == "n" else f"{name:<14}{v:>10.4f}")
+        if key == "n":
+            lines.append(f"{name:<14}{v:>10d}")
+        else:  # an undefined correlation (a constant prediction) is NaN, or None from JSON
+            lines.append(f"{name:<14}{'n/a':>10}" if v is None or not np.isfinite(v)
+                         else f"{name:<14}{v:>10.4f}")
     return "\n".join(lines)
 
 
@@ -77,6 +81,8 @@ def evaluate(
     report_dir: str | Path | None = None,
 ) -> dict:
     """Evaluate a model (or the prior baseline) on a label file; returns the metrics dict."""
+    if batch_size < 1:
+        raise DataError("--batch-size must be at least 1")
     samples = labels.load_samples(samples_file)
     if baseline == "prior":
         prior_from = labels.load_samples(prior_samples_file) if prior_samples_file else samples
@@ -94,6 +100,9 @@ def evaluate(
             raise DataError("--image-dir is required to evaluate a model")
         predictor = Predictor.load(model, config_file)
         found, missing = labels.find_images(samples, image_dir)
+        if not found:
+            raise DataError(f"none of the {len(samples)} images of {samples_file} is in "
+                            f"{image_dir}")
         if missing:
             log.warning("%d of %d images missing, evaluated without them", len(missing),
                         len(samples))

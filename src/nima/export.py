@@ -354,8 +354,9 @@ def export_onnx(model, output: str | Path, quantize: str | None = None,
 
 
 def check_options(fmt: str, quantize: str | None = None,
-                  representative_source: str | Path | None = None) -> None:
-    """Reject impossible combinations before a model is loaded (which takes seconds)."""
+                  representative_source: str | Path | None = None,
+                  output: str | Path | None = None) -> None:
+    """Reject impossible combinations and outputs before a model is loaded (seconds)."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if quantize is not None and quantize not in QUANTIZATIONS:
@@ -367,8 +368,13 @@ def check_options(fmt: str, quantize: str | None = None,
     if representative_source is not None:
         if quantize != "int8":
             raise ExportError("--representative-images needs --quantize int8")
+        if fmt != "tflite":  # onnxruntime's int8 is dynamic: nothing to calibrate
+            raise ExportError("--representative-images applies to tflite only (ONNX int8 "
+                              "quantization is dynamic)")
         if not Path(representative_source).exists():
             raise ExportError(f"representative images not found: {representative_source}")
+    if output is not None:
+        _check_output(Path(output), fmt)
     if fmt == "onnx":
         try:
             import tf2onnx  # noqa: F401
@@ -379,7 +385,7 @@ def check_options(fmt: str, quantize: str | None = None,
 def export(model, fmt: str, output: str | Path, quantize: str | None = None,
            representative_source: str | Path | None = None) -> Path:
     """Write `model` as `fmt` to `output`; the one entry point `nima export` calls."""
-    check_options(fmt, quantize, representative_source)
+    check_options(fmt, quantize, representative_source, output)
     if fmt == "savedmodel":
         return export_savedmodel(model, output)
     if fmt == "onnx":
@@ -391,16 +397,21 @@ def export(model, fmt: str, output: str | Path, quantize: str | None = None,
     return export_tflite(model, output, quantize, rep)
 
 
+def _check_output(path: Path, fmt: str) -> None:
+    """A SavedModel never replaces a non-empty directory (TF Serving may be serving that
+    version); a .tflite/.onnx file is replaced atomically, but never a directory."""
+    if fmt == "savedmodel":
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise ExportError(f"output {path} already exists; remove it or choose another "
+                              "path (e.g. the next version number for TF Serving)")
+    elif path.is_dir():
+        raise ExportError(f"output {path} is a directory; --format {fmt} writes a file")
+
+
 @contextlib.contextmanager
 def _atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temporary directory beside `path`, moved into place only when complete.
-
-    Refuses to replace a non-empty directory: a SavedModel version folder is never
-    overwritten by accident (TF Serving may be serving it).
-    """
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise ExportError(f"output {path} already exists; remove it or choose another path "
-                          "(e.g. the next version number for TF Serving)")
+    """Yield a temporary directory beside `path`, moved into place only when complete."""
+    _check_output(path, "savedmodel")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))

@@ -156,7 +156,8 @@ def _parser(command: str) -> argparse.ArgumentParser:
     else:
         p.add_argument("--image-source", type=Path, help="image file or folder (read-only)")
         p.add_argument("--weights-file", "--model", dest="weights_file", type=Path,
-                       help="model file or job dir (default: the shipped model in the image)")
+                       action="append", help="model file or job dir (default: the shipped "
+                       "model in the image); repeat for an ensemble")
         p.add_argument("--config-file", type=Path, help="config for a .weights.h5 file")
         p.add_argument("--predictions-file", type=Path,
                        help="write results here; its folder is mounted read-write")
@@ -230,10 +231,10 @@ def plan_predict(a: argparse.Namespace, rest: list[str]) -> RunSpec:
     else:
         _need_file(source, "image source")
     spec.command += ["--image-source", spec.mount(source)]
-    if a.weights_file is not None:
-        if not a.weights_file.exists():
-            raise LaunchError(f"weights file not found: {a.weights_file}")
-        spec.command += ["--weights-file", spec.mount(a.weights_file)]
+    for model in a.weights_file or ():  # every one: repeated, they make an ensemble
+        if not model.exists():
+            raise LaunchError(f"weights file not found: {model}")
+        spec.command += ["--weights-file", spec.mount(model)]
     if a.config_file is not None:
         spec.command += ["--config-file", spec.mount(_need_file(a.config_file, "config file"))]
     if a.predictions_file is not None:

@@ -26,11 +26,13 @@ import contextlib
 import csv
 import errno
 import hashlib
+import heapq
 import io
 import json
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -121,8 +123,8 @@ class Predictor:
         self._model, self._loader = model, loader
         self.info = dict(info or {})
         self._input_size = input_size
-        self.runner = runner if runner is not None else None
-        if self.runner is None and model is not None:
+        self.runner = runner
+        if runner is None and model is not None:
             self.runner = runtime.KerasRunner(model)
 
     @property
@@ -162,6 +164,9 @@ class Predictor:
                 info.update(json.loads(meta.read_text()))
             except ValueError:
                 log.warning("ignoring unreadable %s", meta)
+        if "task" not in info:  # a training job records it in its config
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                info["task"] = json.loads((path.parent / "config.json").read_text())["task"]
         loader, defining = _model_loader(path, config_file)
         if backend == "auto":
             backend = "keras" if _maybe_gpu() and runtime.has_gpu() else "tflite"
@@ -172,8 +177,7 @@ class Predictor:
         if backend == "tflite":
             key = runtime.file_key(defining)
             try:
-                content = runtime.cached_tflite(key, lambda: pred.model)
-                pred.runner = runtime.TFLiteRunner(content, num_threads)
+                pred.runner = runtime.cached_runner(key, lambda: pred.model, num_threads)
                 pred._input_size = pred.runner.input_size
             except ModelError as e:
                 if not fallback:
@@ -248,6 +252,10 @@ class Ensemble:
             raise NimaError("no model to predict with")
         self.predictors = list(predictors)
         self.sizes = sorted({p.input_size for p in self.predictors})
+        tasks = {p.info["task"] for p in self.predictors if p.info.get("task")}
+        if len(tasks) > 1:
+            log.warning("averaging models trained for different tasks (%s): the mean score "
+                        "rates neither; score them in separate runs", ", ".join(sorted(tasks)))
 
     def predict_batches(self, arrays: dict[int, np.ndarray]) -> np.ndarray:
         out = [p.predict_arrays(arrays[p.input_size]) for p in self.predictors]
@@ -282,7 +290,11 @@ class Ensemble:
 
 
 def result_fields(dist: np.ndarray) -> dict:
+    """The score fields of one result, or an error for a distribution that is not finite
+    (a diverged model): NaN is not JSON, and every strict reader would refuse the file."""
     dist = np.asarray(dist, np.float64)
+    if not np.isfinite(dist).all():
+        return {"error": "the model returned NaN or infinite scores (diverged weights?)"}
     return {"predictions": [round(float(p), 6) for p in dist],
             "mean_score_prediction": round(float(scores.mean_score(dist)), 6),
             "sd_score_prediction": round(float(scores.sd_score(dist)), 6)}
@@ -380,94 +392,109 @@ def _format_of(path: Path) -> str:
     return {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}.get(suffix, "json")
 
 
-def read_results(path: str | Path, fmt: str | None = None) -> Iterator[dict]:
-    """Stream result dicts from a predictions file of any format (by content, then suffix).
+def read_results(path: str | Path, fmt: str | None = None, *,
+                 allow_empty: bool = True) -> Iterator[dict]:
+    """Stream the result dicts of a predictions file, one at a time (resume, normalise, merge,
+    `nima report`).
 
-    JSON arrays as written here (one object per line) stream line by line; any other JSON
-    layout is parsed whole. Raises DataError on a malformed file.
+    The format is sniffed from the first character (`[` JSON array, `{` JSON lines, else
+    CSV) unless `fmt` is given. JSON arrays are decoded incrementally in any layout, so a
+    million-entry file never sits in memory. A blank file has no results (an empty shard);
+    with allow_empty=False it is an error. Anything malformed is a DataError naming the
+    file and the entry.
     """
     path = Path(path)
-    try:
-        f = open(path, encoding="utf-8", newline="")
+    try:  # -sig: a BOM from Excel is fine; surrogateescape: CSV keeps non-UTF-8 file names
+        f = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
     except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+        raise DataError(f"cannot read predictions file {path}: {e.strerror or e}") from None
     with f:
-        head = f.read(4096)
+        first = " "
+        while first.isspace():
+            first = f.read(1)
+        if not first:
+            if not allow_empty:
+                raise DataError(f"predictions file is empty: {path}")
+            return
+        if "\udc80" <= first <= "\udcff":  # an undecodable first byte: JPEG, PNG, ...
+            raise DataError(f"{path} is not UTF-8 text (not a predictions file?)")
         f.seek(0)
-        first = head.lstrip()[:1]
-        if fmt is None:
-            fmt = "json" if first == "[" else "jsonl" if first == "{" else "csv" \
-                if head.startswith("image_id,") else _format_of(path)
-        if fmt == "csv":
-            yield from _read_csv(f, path)
-        elif fmt == "jsonl":
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    yield _parse_line(line, path, n)
-        else:
-            yield from _read_json_array(f, path)
+        fmt = fmt or ("json" if first == "[" else "jsonl" if first == "{" else "csv")
+        try:
+            yield from {"json": _json_array, "jsonl": _jsonl, "csv": _csv_rows}[fmt](f, path)
+        except csv.Error as e:
+            raise DataError(f"{path} is not a readable CSV: {e}") from None
 
 
-def _parse_line(line: str, path: Path, n: int) -> dict:
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        raise DataError(f"{path} line {n} is not valid JSON") from None
+def _object(obj: object, where: str) -> dict:
     if not isinstance(obj, dict):
-        raise DataError(f"{path} line {n} is not a JSON object")
+        raise DataError(f"{where} is not a JSON object")
     return obj
 
 
-def _read_json_array(f: IO[str], path: Path) -> Iterator[dict]:
-    lines = iter(f)
-    first = next(lines, "").strip()
-    if first == "[]":
-        return
-    if first == "[":
-        n = 1
-        for line in lines:
-            n += 1
-            s = line.strip()
-            if s == "]":
-                if next(lines, "").strip():
-                    raise DataError(f"{path}: text after the closing ']'")
-                return
-            if n == 2 and not (s.startswith("{") and s.rstrip(",").endswith("}")):
-                break  # not one object per line: parse the whole file below
-            yield _parse_line(s.rstrip(","), path, n)
-        else:
-            raise DataError(f"{path} is truncated (no closing ']')")
-    # Some other JSON layout: parse it whole.
-    f.seek(0)
-    try:
-        data = json.load(f)
-    except ValueError as e:
-        raise DataError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
-        raise DataError(f"{path} must hold a JSON array of result objects")
-    yield from data
+_WS = re.compile(r"[\s,]*")  # between array elements: whitespace and the separating comma
 
 
-def _read_csv(f: IO[str], path: Path) -> Iterator[dict]:
-    reader = csv.reader(f)
-    header = next(reader, None)
-    if header != CSV_HEADER:
-        raise DataError(f"{path} does not have nima's CSV header")
+def _json_array(f: IO[str], path: Path, chunk: int = 1 << 16) -> Iterator[dict]:
+    decoder = json.JSONDecoder()
+    buf, n = f.read(chunk), 0
+    pos = buf.index("[") + 1
+    while True:
+        pos = _WS.match(buf, pos).end()
+        if pos == len(buf):
+            more = f.read(chunk)
+            if not more:
+                raise DataError(f"{path}: the JSON array is not closed (truncated file?)")
+            buf, pos = buf[pos:] + more, 0
+            continue
+        if buf[pos] == "]":
+            return
+        try:
+            obj, end = decoder.raw_decode(buf, pos)
+        except json.JSONDecodeError as e:
+            # Usually the object continues in the next chunk; a result is never 1 MB long.
+            more = f.read(chunk) if len(buf) - pos < (1 << 20) else ""
+            if not more:
+                raise DataError(f"{path}: entry {n + 1} is not valid JSON ({e.msg})") from None
+            buf, pos = buf[pos:] + more, 0
+            continue
+        n += 1
+        yield _object(obj, f"{path}: entry {n}")
+        pos = end
+
+
+def _jsonl(f: IO[str], path: Path) -> Iterator[dict]:
+    for n, line in enumerate(f, 1):
+        if line.strip():
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: line {n} is not valid JSON ({e.msg})") from None
+            yield _object(obj, f"{path}: line {n}")
+
+
+def _csv_rows(f: IO[str], path: Path) -> Iterator[dict]:
+    reader = csv.DictReader(f)
+    need = {"image_id", "image", "error", *(f"p{i}" for i in range(1, scores.N_BINS + 1))}
+    if reader.fieldnames is None or not need <= set(reader.fieldnames):
+        raise DataError(f"{path}: not a predictions CSV (needs columns image_id, image, "
+                        "p1..p10, error as written by `nima predict --format csv`)")
     for n, row in enumerate(reader, 2):
-        if len(row) != len(CSV_HEADER):
-            raise DataError(f"{path} line {n} has {len(row)} columns, expected {len(CSV_HEADER)}")
-        rec = dict(zip(CSV_HEADER, row))
-        out: dict = {"image_id": rec["image_id"], "image": rec["image"]}
-        if rec["error"]:
-            out["error"] = rec["error"]
+        if None in row or None in row.values():  # extra or missing cells
+            raise DataError(f"{path}: line {n} does not have the header's "
+                            f"{len(reader.fieldnames)} columns")
+        obj: dict = {"image_id": row["image_id"], "image": row["image"]}
+        if row["error"]:
+            obj["error"] = row["error"]
         else:
             try:
-                out["predictions"] = [float(rec[f"p{i}"]) for i in range(1, scores.N_BINS + 1)]
-                out["mean_score_prediction"] = float(rec["mean_score_prediction"])
-                out["sd_score_prediction"] = float(rec["sd_score_prediction"])
+                obj["predictions"] = [float(row[f"p{i}"]) for i in range(1, scores.N_BINS + 1)]
+                for key in ("mean_score_prediction", "sd_score_prediction"):
+                    if row.get(key):  # as written, so CSV and JSON results agree exactly
+                        obj[key] = float(row[key])
             except ValueError:
-                raise DataError(f"{path} line {n} has a non-numeric score") from None
-        yield out
+                raise DataError(f"{path}: line {n} has no valid p1..p10 numbers") from None
+        yield obj
 
 
 def validate_result(r: dict, where: str) -> None:
@@ -547,6 +574,30 @@ def _read_partial(path: Path) -> tuple[set[str], int, int]:
     return done, len(done), failed
 
 
+def _lock(f: IO[bytes], partial: Path) -> None:
+    """Refuse a second run on the same predictions file: both would append to one partial
+    file and the first to finish would publish the other's half-written lines."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        return
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise NimaError(f"another nima predict is writing {partial}; wait for it to finish "
+                        "or choose another --predictions-file") from None
+    except OSError as e:  # a file system without locks (some network mounts): go on
+        log.debug("cannot lock %s: %s", partial, e)
+        return
+    try:
+        same = os.path.samestat(os.fstat(f.fileno()), os.stat(partial))
+    except FileNotFoundError:
+        same = False
+    if not same:  # a run finished and removed it between our open() and our lock
+        raise NimaError(f"another nima predict has just finished with {partial}; run again "
+                        "to score the images anew")
+
+
 def _write_final(partial: Path, predictions_file: Path | None, fmt: str,
                  normalization: Normalization | None) -> tuple[dict | None, int, int]:
     fitted = normalization.fit(read_results(partial, "jsonl")) if normalization else None
@@ -562,33 +613,48 @@ def predict(
     *,
     config_file: str | Path | None = None,
     predictions_file: str | Path | None = None,
-    fmt: str = "json",
+    fmt: str | None = None,
     batch_size: int = 32,
     backend: str = "auto",
     num_shards: int = 1,
     shard_index: int = 0,
     resume: bool = False,
     normalize: str | None = None,
-    norm_range: tuple[float, float] = (1.0, 10.0),
+    norm_range: tuple[float, float] | None = None,
     workers: int | None = None,
 ) -> tuple[int, int]:
-    """Score a file or folder; returns (images in the output, images failed)."""
+    """Score a file or folder; returns (images in the output, images failed).
+
+    fmt None: from the suffix of predictions_file (.jsonl/.ndjson, .csv), else json.
+    norm_range (default 1..10) only with normalize.
+    """
     started = time.time()
     source = Path(image_source)
+    if fmt is None:
+        fmt = _format_of(Path(predictions_file)) if predictions_file is not None else "json"
     if fmt not in FORMATS:
         raise NimaError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise NimaError(f"--shard-index must be in 0..{num_shards - 1} and --num-shards >= 1")
+    if num_shards < 1:
+        raise NimaError(f"--num-shards must be at least 1, not {num_shards}")
+    if not 0 <= shard_index < num_shards:
+        raise NimaError(f"--shard-index must be in 0..{num_shards - 1}, not {shard_index}")
     if batch_size < 1:
         raise NimaError("--batch-size must be at least 1")
+    if workers is not None and workers < 1:
+        raise NimaError("--workers must be at least 1")
     if normalize is not None and normalize not in NORMALIZE:
         raise NimaError(f"unknown normalisation {normalize!r}; choose {', '.join(NORMALIZE)}")
+    if norm_range is not None and normalize is None:
+        raise NimaError("--range only applies with --normalize minmax")
+    norm_range = norm_range or (1.0, 10.0)
     if normalize and not norm_range[0] < norm_range[1]:
         raise NimaError("--range LO HI needs LO < HI")
     if resume and predictions_file is None:
         raise NimaError("--resume needs --predictions-file (the partial results live beside it)")
     if not source.exists():
         raise NimaError(f"image source not found: {source}")
+    if predictions_file is not None:
+        _check_output(Path(predictions_file), "--predictions-file")
     root = source if source.is_dir() else source.parent
     sources = list(model) if isinstance(model, (list, tuple)) else [model]
     predictors = [Predictor.load(m, config_file, backend) for m in sources]
@@ -602,9 +668,9 @@ def predict(
     # Straight to stdout: nothing to resume or normalise, stream as we go.
     if predictions_file is None and normalization is None:
         with ResultWriter(None, fmt) as writer:
-            for result in ensemble.score_files(paths, root, batch_size, workers):
+            for result in _progress(ensemble.score_files(paths, root, batch_size, workers)):
                 writer.write(result)
-        _log_done(writer.count, writer.failed, started, None)
+        _log_done(writer.count, writer.failed, started, None, source, num_shards)
         return writer.count, writer.failed
 
     tmpdir = None
@@ -614,66 +680,101 @@ def predict(
     else:
         predictions_file = Path(predictions_file)
         partial = partial_path(predictions_file)
-    resumed = 0
-    if resume and partial.is_file():
-        done, resumed, _ = _read_partial(partial)
-        log.info("resuming: %d images already scored in %s", resumed, partial)
-        paths = (p for p in paths if _relative(p, root) not in done)
-    elif partial.exists():
-        log.warning("discarding the partial results of an earlier run (%s); use --resume to "
-                    "continue it instead", partial)
     try:
         partial.parent.mkdir(parents=True, exist_ok=True)
-        out = open(partial, "ab" if resume else "wb")
+        out = open(partial, "a+b")  # not truncated yet: another run may own it
     except OSError as e:
         raise files.WriteError(f"cannot write {partial}: {e.strerror or e}") from None
-    new = 0
+    resumed = new = 0
     try:
-        with out:
-            buf = io.BytesIO()
-            for result in ensemble.score_files(paths, root, batch_size, workers):
-                buf.write(json.dumps(result).encode("ascii") + b"\n")
-                new += 1
-                if new % batch_size == 0:  # one write per batch: whole lines reach the file
-                    out.write(buf.getvalue())
-                    out.flush()
-                    buf = io.BytesIO()
-            out.write(buf.getvalue())
-            out.flush()
-            os.fsync(out.fileno())
-        fitted, count, failed = _write_final(partial, predictions_file, fmt, normalization)
-    except OSError as e:
-        why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-        raise files.WriteError(
-            f"cannot write {predictions_file or partial}: {why}; the previous file is unchanged"
-            + (f", results so far are in {partial} (rerun with --resume)" if tmpdir is None
-               else "")) from None
-    try:
-        elapsed = time.time() - started
-        if predictions_file is not None:
-            files.write_json(meta_path(predictions_file), {
-                "predictions_file": str(predictions_file), "format": fmt,
-                "image_source": str(source),
-                "models": [p.info for p in predictors],
-                "backend": [p.backend for p in predictors],
-                "ensemble": "mean of distributions" if len(predictors) > 1 else None,
-                "normalization": fitted,
-                "shard": {"index": shard_index, "count": num_shards},
-                "count": count, "failed": failed, "scored_this_run": new,
-                "resumed_from_partial": resumed,
-                "seconds": round(elapsed, 3),
-                "images_per_second": round(new / elapsed, 2) if elapsed > 0 else None,
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            })
-            partial.unlink()
+        with out:  # the lock lives as long as this file stays open, until the partial is gone
+            _lock(out, partial)
+            if resume and out.seek(0, os.SEEK_END):
+                done, resumed, _ = _read_partial(partial)
+                log.info("resuming: %d images already scored in %s", resumed, partial)
+                paths = (p for p in paths if _relative(p, root) not in done)
+            elif out.seek(0, os.SEEK_END):
+                log.warning("discarding the partial results of an earlier run (%s); use "
+                            "--resume to continue it instead", partial)
+                out.truncate(0)
+            elif resume:
+                log.warning("nothing to resume: no partial results in %s; scoring every image",
+                            partial)
+            try:
+                buf = io.BytesIO()
+                for result in _progress(ensemble.score_files(paths, root, batch_size, workers)):
+                    buf.write(json.dumps(result).encode("ascii") + b"\n")
+                    new += 1
+                    if new % batch_size == 0:  # one write per batch: whole lines reach the file
+                        out.write(buf.getvalue())
+                        out.flush()
+                        buf = io.BytesIO()
+                out.write(buf.getvalue())
+                out.flush()
+                os.fsync(out.fileno())
+                fitted, count, failed = _write_final(partial, predictions_file, fmt,
+                                                     normalization)
+            except OSError as e:
+                why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+                raise files.WriteError(
+                    f"cannot write {predictions_file or partial}: {why}; the previous file is "
+                    "unchanged" + (f", results so far are in {partial} (rerun with --resume)"
+                                   if tmpdir is None else "")) from None
+            elapsed = time.time() - started
+            if predictions_file is not None:
+                files.write_json(meta_path(predictions_file), {
+                    "predictions_file": str(predictions_file), "format": fmt,
+                    "image_source": str(source),
+                    "models": [p.info for p in predictors],
+                    "backend": [p.backend for p in predictors],
+                    "ensemble": "mean of distributions" if len(predictors) > 1 else None,
+                    "normalization": fitted,
+                    "shard": {"index": shard_index, "count": num_shards},
+                    "count": count, "failed": failed, "scored_this_run": new,
+                    "resumed_from_partial": resumed,
+                    "seconds": round(elapsed, 3),
+                    "images_per_second": round(new / elapsed, 2) if elapsed > 0 else None,
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                })
+                partial.unlink()
     finally:
         if tmpdir is not None:
             tmpdir.cleanup()
-    _log_done(count, failed, started, predictions_file)
+    _log_done(count, failed, started, predictions_file, source, num_shards)
     return count, failed
 
 
-def _log_done(count: int, failed: int, started: float, predictions_file) -> None:
+PROGRESS_SECONDS = 60.0
+
+
+def _progress(results: Iterable[dict]) -> Iterator[dict]:
+    """Pass results through, logging a count every PROGRESS_SECONDS: a job over millions of
+    photos would otherwise say nothing for hours."""
+    start = last = time.monotonic()
+    n = failed = 0
+    for r in results:
+        n += 1
+        failed += "error" in r
+        now = time.monotonic()
+        if now - last >= PROGRESS_SECONDS:
+            log.info("%d images scored so far (%d failed), %.1f img/s", n, failed,
+                     n / (now - start))
+            last = now
+        yield r
+
+
+def _check_output(path: Path, what: str) -> None:
+    """Before any work: a run of hours must not end in 'cannot write' at the last step."""
+    if path.is_dir():
+        raise NimaError(f"{what} {path} is a directory; name a file, e.g. "
+                        f"{path / 'predictions.json'}")
+
+
+def _log_done(count: int, failed: int, started: float, predictions_file, source: Path,
+              num_shards: int) -> None:
+    if count == 0:  # a mistyped folder should not pass for a finished job
+        log.warning("no image files (by extension) in %s%s", source,
+                    " for this shard" if num_shards > 1 else "")
     elapsed = time.time() - started
     log.info("%d images, %d failed, %.1f s (%.1f img/s)%s", count, failed, elapsed,
              count / elapsed if elapsed > 0 else 0.0,
@@ -685,14 +786,16 @@ def _log_done(count: int, failed: int, started: float, predictions_file) -> None
 def merge(output: str | Path, parts: Sequence[str | Path], fmt: str | None = None) -> tuple[int, int]:
     """Join predictions files (any format) into one, de-duplicated by image path.
 
-    Every record is validated. When an image appears more than once, the first successful
-    result wins (an error result only when no part scored it). Two streamed passes; memory
-    holds only the set of image paths. Returns (images written, failed).
+    Every record is validated. Parts are interleaved by path, so shards of one folder merge
+    into the order a single run writes. When an image appears more than once, the first
+    successful result wins (an error result only when no part scored it). Two streamed
+    passes; memory holds only the set of image paths. Returns (images written, failed).
     """
     output = Path(output)
     fmt = fmt or _format_of(output)
     if not parts:
         raise NimaError("merge needs at least one part")
+    _check_output(output, "output")
     for part in parts:
         if not Path(part).is_file():
             raise DataError(f"part not found: {part}")
@@ -705,14 +808,17 @@ def merge(output: str | Path, parts: Sequence[str | Path], fmt: str | None = Non
             if "error" not in r:
                 scored.add(r["image"])
     written: set[str] = set()
+    # Each part is in folder-walk order (names sorted per directory, i.e. sorted by path
+    # components): interleaving them by that key gives the order of one unsharded run.
+    merged = heapq.merge(*(read_results(part) for part in parts),
+                         key=lambda r: r["image"].split("/"))
     with ResultWriter(output, fmt) as writer:
-        for part in parts:
-            for r in read_results(part):
-                key = r["image"]
-                if key in written or ("error" in r and key in scored):
-                    continue
-                written.add(key)
-                writer.write(r)
+        for r in merged:
+            key = r["image"]
+            if key in written or ("error" in r and key in scored):
+                continue
+            written.add(key)
+            writer.write(r)
     log.info("merged %d parts: %d results, %d unique images, %d failed -> %s",
              len(parts), total, writer.count, writer.failed, output)
     files.write_json(meta_path(output), {

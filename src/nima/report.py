@@ -15,131 +15,44 @@ report.html that shows them with the metrics table.
 from __future__ import annotations
 
 import base64
-import csv
 import heapq
 import html
 import io
 import itertools
-import json
 import logging
 import math
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from nima import files, images, scores
 from nima.errors import DataError, ImageError, NimaError
+from nima.predict import read_results
 
 log = logging.getLogger(__name__)
 
 THUMB_SIZE = 160
 SHEET_MAX = 100  # a contact sheet larger than this is unreadable; choose with --top/--bottom
 FAILED_LISTED = 1000  # failures beyond this are counted, not listed
-_WS = re.compile(r"[\s,]*")  # between array elements: whitespace and the separating comma
 
 
 # --- reading predictions files ---------------------------------------------------------------
 
 def read_predictions(path: str | Path) -> Iterator[dict]:
-    """Yield the result dicts of a `nima predict` output file, one at a time.
-
-    The format is sniffed from the first character: `[` JSON array, `{` JSONL, else CSV.
-    JSON arrays are parsed incrementally too, so a million-entry file never sits in memory.
-    """
-    path = Path(path)
-    try:
-        f = open(path, encoding="utf-8-sig", newline="")  # -sig: a BOM from Excel is fine
-    except OSError as e:
-        raise DataError(f"cannot read predictions file {path}: {e.strerror or e}") from None
-    with f:
-        first = ""
-        while not first.strip():
-            first = f.read(1)
-            if first == "":
-                raise DataError(f"predictions file is empty: {path}")
-        f.seek(0)
-        if first == "[":
-            reader = _json_array(f, path)
-        elif first == "{":
-            reader = _jsonl(f, path)
-        else:
-            reader = _csv_rows(f, path)
-        try:
-            yield from reader
-        except UnicodeDecodeError:
-            raise DataError(f"predictions file is not UTF-8 text: {path}") from None
+    """Yield the result dicts of a `nima predict` output file (JSON array, JSONL or CSV), one
+    at a time, checked, with mean and sd filled in from the distribution when absent."""
+    for n, obj in enumerate(read_results(path, allow_empty=False), 1):
+        yield _entry(obj, Path(path), n)
 
 
-def _json_array(f: IO[str], path: Path, chunk: int = 1 << 16) -> Iterator[dict]:
-    decoder = json.JSONDecoder()
-    buf, pos, n = f.read(chunk), 0, 0
-    pos = buf.index("[") + 1
-    while True:
-        pos = _WS.match(buf, pos).end()
-        if pos == len(buf):
-            more = f.read(chunk)
-            if not more:
-                raise DataError(f"{path}: the JSON array is not closed (truncated file?)")
-            buf, pos = buf[pos:] + more, 0
-            continue
-        if buf[pos] == "]":
-            return
-        try:
-            obj, end = decoder.raw_decode(buf, pos)
-        except json.JSONDecodeError as e:
-            # Usually the object continues in the next chunk; a result is never 1 MB long.
-            more = f.read(chunk) if len(buf) - pos < (1 << 20) else ""
-            if not more:
-                raise DataError(f"{path}: entry {n + 1} is not valid JSON ({e.msg})") from None
-            buf, pos = buf[pos:] + more, 0
-            continue
-        n += 1
-        yield _entry(obj, path, n)
-        pos = end
-
-
-def _jsonl(f: IO[str], path: Path) -> Iterator[dict]:
-    for n, line in enumerate(f, 1):
-        if line.strip():
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {n} is not valid JSON ({e.msg})") from None
-            yield _entry(obj, path, n)
-
-
-def _csv_rows(f: IO[str], path: Path) -> Iterator[dict]:
-    reader = csv.DictReader(f)
-    need = {"image_id", "image", "error", *(f"p{i}" for i in range(1, scores.N_BINS + 1))}
-    if reader.fieldnames is None or not need <= set(reader.fieldnames):
-        raise DataError(f"{path}: not a predictions CSV (needs columns image_id, image, "
-                        "p1..p10, error as written by `nima predict --format csv`)")
-    for n, row in enumerate(reader, 2):
-        obj: dict = {"image_id": row["image_id"], "image": row["image"]}
-        if row["error"]:
-            obj["error"] = row["error"]
-        else:
-            try:
-                obj["predictions"] = [float(row[f"p{i}"]) for i in range(1, scores.N_BINS + 1)]
-                for key in ("mean_score_prediction", "sd_score_prediction"):
-                    if row.get(key):  # as written, so CSV and JSON galleries agree exactly
-                        obj[key] = float(row[key])
-            except (TypeError, ValueError):
-                raise DataError(f"{path}: line {n} has no valid p1..p10 numbers") from None
-        yield _entry(obj, path, n)
-
-
-def _entry(obj: object, path: Path, n: int) -> dict:
+def _entry(obj: dict, path: Path, n: int) -> dict:
     """Check one result; fill mean and sd from the distribution when absent."""
     where = f"{path}: entry {n}"
-    if not isinstance(obj, dict):
-        raise DataError(f"{where} is not an object")
     if "image" not in obj and "image_id" not in obj:
         raise DataError(f"{where} has neither 'image' nor 'image_id'")
     obj.setdefault("image", obj.get("image_id"))
@@ -391,7 +304,7 @@ def distribution_svg(dist: np.ndarray, mean: float) -> str:
 
 
 def _item_html(item: Item, thumb: tuple[str, int, int] | str) -> str:
-    e = html.escape
+    e = _escape
     if isinstance(thumb, tuple):
         data, w, h = thumb
         picture = (f'<div class="thumb"><img src="data:image/jpeg;base64,{data}" width="{w}" '
@@ -399,7 +312,10 @@ def _item_html(item: Item, thumb: tuple[str, int, int] | str) -> str:
     else:
         picture = f'<div class="thumb missing" title="{e(thumb)}">image unavailable</div>'
     return (f'<figure class="item" data-mean="{item.mean:.4f}" data-sd="{item.sd:.4f}" '
-            f'data-rank="{item.rank}">{picture}{distribution_svg(item.dist, item.mean)}'
+            # The line marks the distribution's own mean: after `--normalize` item.mean
+            # is on another scale (0..100, say) than the ten bars.
+            f'data-rank="{item.rank}">{picture}'
+            f'{distribution_svg(item.dist, float(scores.mean_score(item.dist)))}'
             f'<figcaption><span class="score">{item.mean:.2f}</span> ± {item.sd:.2f}'
             f'<span class="rank">#{item.rank}</span>'
             f'<span class="name" title="{e(item.image)}">{e(item.image)}</span>'
@@ -409,10 +325,14 @@ def _item_html(item: Item, thumb: tuple[str, int, int] | str) -> str:
 def write_gallery(selection: Selection, image_source: Path, output: str | Path, *,
                   title: str = "NIMA scores", thumb_size: int = THUMB_SIZE) -> int:
     """Write the HTML page (streamed, atomic); returns the number of images unavailable."""
-    e = html.escape
+    e = _escape
     means = [it.mean for it in selection.items]
     shown = len(means)
     span = f"mean scores {min(means):.2f} – {max(means):.2f}" if means else "no scored images"
+    # The filter starts open over every mean: 1..10, or wider for normalised scores (a
+    # 1..10 filter would hide every card of a `--normalize minmax --range 0 100` run).
+    lo = min(1, math.floor(min(means))) if means else 1
+    hi = max(10, math.ceil(max(means))) if means else 10
     unavailable = 0
     with files.atomic_open(output, "w", encoding="utf-8") as f:
         f.write(f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -421,8 +341,9 @@ def write_gallery(selection: Selection, image_source: Path, output: str | Path, 
                 f"<header><h1>{e(title)}</h1><span class=\"meta\">{selection.n_scored} scored"
                 f", {selection.n_failed} failed; {span}</span>"
                 f'<form id="filter" onsubmit="return false">mean from '
-                f'<input id="min" type="number" min="1" max="10" step="0.1" value="1"> to '
-                f'<input id="max" type="number" min="1" max="10" step="0.1" value="10"> '
+                f'<input id="min" type="number" min="{lo}" max="{hi}" step="0.1" value="{lo}">'
+                f' to <input id="max" type="number" min="{lo}" max="{hi}" step="0.1" '
+                f'value="{hi}"> '
                 f'<output id="shown">{shown} of {shown} shown</output></form></header>\n'
                 "<main>\n")
         for heading, group in selection.sections:
@@ -470,7 +391,18 @@ def write_contact_sheet(selection: Selection, image_source: Path, output: str | 
                output)
 
 
+def _printable(name: str) -> str:
+    """A file name that is not valid UTF-8 holds surrogates (\\udcXX) here, which no UTF-8
+    page or plot can encode: show those bytes as U+FFFD instead."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _escape(text: str) -> str:
+    return html.escape(_printable(text))
+
+
 def _short(name: str, n: int = 28) -> str:
+    name = _printable(name)
     return name if len(name) <= n else "…" + name[-(n - 1):]
 
 
@@ -537,7 +469,7 @@ def write_evaluation_report(report_dir: str | Path, ids: Sequence[str], y_true: 
     }
     for name, fig in figures.items():
         plots.save(fig, report_dir / name)
-    e = html.escape
+    e = _escape
     table = evaluate.format_table(result)
     order = np.argsort(-np.abs(m_true - m_pred), kind="stable")[:worst]
     index = labels.index_images(image_dir) if image_dir and Path(image_dir).is_dir() else {}

@@ -176,6 +176,18 @@ def cached_tflite(key: str, model_fn: Callable[[], object]) -> bytes:
     return content
 
 
-def cached_path(key: str) -> Path | None:
-    path = cache_dir() / f"{key}.tflite"
-    return path if path.is_file() else None
+def cached_runner(key: str, model_fn: Callable[[], object],
+                  num_threads: int | None = None) -> TFLiteRunner:
+    """A TFLiteRunner on the cached conversion for `key`. A cache entry the interpreter
+    refuses (damaged on disk, written by another tool) is converted again, not fatal: it
+    would otherwise break every run until someone finds ~/.cache/nima."""
+    try:
+        return TFLiteRunner(cached_tflite(key, model_fn), num_threads)
+    except (ValueError, RuntimeError) as e:
+        path = cache_dir() / f"{key}.tflite"
+        log.warning("discarding the unreadable cached conversion %s (%s)", path, e)
+        path.unlink(missing_ok=True)
+    try:
+        return TFLiteRunner(cached_tflite(key, model_fn), num_threads)
+    except (ValueError, RuntimeError) as e:
+        raise ModelError(f"the TFLite interpreter refuses the converted model: {e}") from None
