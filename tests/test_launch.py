@@ -181,6 +181,22 @@ def test_plan_predict_mounts_every_model_of_an_ensemble(inputs, tmp_path):
                                    str(models[0]), "--model", str(tmp_path / "gone.keras")))
 
 
+def test_plan_predict_mounts_what_nima_reads_beside_a_model_file(inputs, tmp_path):
+    _, images, _ = inputs
+    folder = tmp_path / "mymodel"
+    folder.mkdir()
+    weights = folder / "final.weights.h5"
+    for f in (weights, folder / "config.json", folder / "metadata.json", folder / "notes.txt"):
+        f.write_bytes(b"x")
+    spec = launch.plan_predict(*_args("predict", "--image-source", str(images), "--model",
+                                      str(weights)))
+    assert {Path(s): b["bind"] for s, b in spec.binds.items()} == {
+        images: f"/host{images}", weights: f"/host{weights}",
+        folder / "config.json": f"/host{folder}/config.json",
+        folder / "metadata.json": f"/host{folder}/metadata.json"}
+    assert all(b["mode"] == "ro" for b in spec.binds.values())
+
+
 def test_same_path_mounted_read_write_wins():
     spec = launch.RunSpec(command=[])
     spec.mount("/data/x", "ro")

@@ -235,6 +235,11 @@ def plan_predict(a: argparse.Namespace, rest: list[str]) -> RunSpec:
         if not model.exists():
             raise LaunchError(f"weights file not found: {model}")
         spec.command += ["--weights-file", spec.mount(model)]
+        # nima reads these beside a model file: its description, and the training config a
+        # .weights.h5 file needs. Container paths mirror host paths, so they are found there.
+        for name in ("metadata.json", "config.json"):
+            if model.is_file() and (model.parent / name).is_file():
+                spec.mount(model.parent / name)
     if a.config_file is not None:
         spec.command += ["--config-file", spec.mount(_need_file(a.config_file, "config file"))]
     if a.predictions_file is not None:
