@@ -158,6 +158,9 @@ def test_plan_predict_output_folder_is_the_only_writable_mount(inputs, tmp_path)
     assert spec.command == ["predict", "--image-source", f"/host{images}", "--weights-file",
                             f"/host{model}", "--predictions-file", f"/host{out}/p.json",
                             "--format", "jsonl"]
+    spec = launch.plan_predict(*_args("predict", "--image-source", str(images),
+                                      "--predictions-file", "-"))
+    assert spec.command[-2:] == ["--predictions-file", "-"] and list(spec.binds) == [str(images)]
     with pytest.raises(LaunchError, match="predictions folder not found"):
         launch.plan_predict(*_args("predict", "--image-source", str(images),
                                    "--predictions-file", str(tmp_path / "no" / "p.json")))

@@ -68,6 +68,16 @@ def test_predict_single_file_to_stdout_matches_keras(tmp_path, model_file):
     np.testing.assert_allclose(result["predictions"], expected[0], atol=1e-5)
 
 
+def test_predictions_file_dash_is_stdout(tmp_path, model_file):
+    make_images(tmp_path / "photos", 2)
+    r = nima("predict", "--image-source", "photos", "--weights-file", model_file,
+             "--predictions-file", "-", "--format", "jsonl", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(line)["image"] for line in r.stdout.splitlines()] == [
+        "img0000.jpg", "img0001.jpg"]
+    assert not (tmp_path / "-").exists()
+
+
 def test_predict_errors_are_one_line(tmp_path, model_file):
     r = nima("predict", "--image-source", tmp_path / "nope", "--weights-file", model_file)
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("nima predict: error:")

@@ -84,7 +84,8 @@ def _predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
     p.add_argument("--predictions-file", type=Path,
                    help="write results here (atomically; partial results beside it in "
-                   "FILE.partial while running; run metadata in FILE.meta.json)")
+                   "FILE.partial while running; run metadata in FILE.meta.json); "
+                   "default or '-': stdout")
     p.add_argument("--format", choices=("json", "jsonl", "csv"),
                    help="JSON array, JSON lines or CSV (default: from the suffix of "
                    "--predictions-file, .jsonl/.ndjson or .csv, else json)")
@@ -104,6 +105,8 @@ def _predict(sub: argparse._SubParsersAction) -> None:
     def run(a: argparse.Namespace) -> int:
         from nima.predict import predict
 
+        if a.predictions_file == Path("-"):
+            a.predictions_file = None  # stdout, as without the option
         _, failed = predict(a.image_source, a.model or None, config_file=a.config_file,
                             predictions_file=a.predictions_file, fmt=a.format,
                             batch_size=a.batch_size, backend=a.backend,

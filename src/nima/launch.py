@@ -242,7 +242,9 @@ def plan_predict(a: argparse.Namespace, rest: list[str]) -> RunSpec:
                 spec.mount(model.parent / name)
     if a.config_file is not None:
         spec.command += ["--config-file", spec.mount(_need_file(a.config_file, "config file"))]
-    if a.predictions_file is not None:
+    if a.predictions_file == Path("-"):
+        spec.command += ["--predictions-file", "-"]  # stdout, streamed back by the launcher
+    elif a.predictions_file is not None:
         # Written atomically (temp file + rename) next to its final name: mount the folder.
         out = a.predictions_file
         folder = _need_dir(out.parent if str(out.parent) else Path("."),
