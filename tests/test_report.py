@@ -270,6 +270,8 @@ def test_json_array_is_streamed_in_any_layout(tmp_path):
     ("", "is empty"),
     ("[\n{\"image\": \"a.jpg\", \"predictions\": [0.1]}\n]", "10 numbers"),
     ("[\n{\"image\": \"a.jpg\", \"error\": \"x\"},\n", "not closed"),
+    ("[{\"image\": \"a.jpg\", \"error\": \"x\"}]\n[{\"image\": \"b.jpg\", \"error\": \"x\"}]\n",
+     "text after the closing ] of the JSON array"),
     ("{\"image\": \"a.jpg\", \"error\": \"x\"}\n{oops\n", "line 2 is not valid JSON"),
     ("name,score\na,1\n", "not a predictions CSV"),
     ("[]", "no predictions"),

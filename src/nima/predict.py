@@ -448,6 +448,11 @@ def _json_array(f: IO[str], path: Path, chunk: int = 1 << 16) -> Iterator[dict]:
             buf, pos = buf[pos:] + more, 0
             continue
         if buf[pos] == "]":
+            tail = buf[pos + 1:]
+            while tail:  # two arrays concatenated, or a failed append: not one valid file
+                if tail.strip():
+                    raise DataError(f"{path}: text after the closing ] of the JSON array")
+                tail = f.read(chunk)
             return
         try:
             obj, end = decoder.raw_decode(buf, pos)
