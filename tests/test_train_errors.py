@@ -65,3 +65,20 @@ def test_missing_image_dir_makes_no_job_dir(finished_job, tmp_path, monkeypatch)
     assert main(["train", "--config-file", str(root / "c.json"), "--samples-file",
                  str(root / "s.json"), "--image-dir", str(tmp_path / "nope")]) == 1
     assert not (tmp_path / "train_jobs").exists()
+
+
+def test_imagenet_download_failure_comes_before_the_image_probe(finished_job, tmp_path,
+                                                                 monkeypatch, capsys):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))  # nothing cached
+    root = finished_job
+    config = tmp_path / "imagenet.json"
+    config.write_text(json.dumps({**json.loads((root / "c.json").read_text()),
+                                  "base_weights": "imagenet", "input_size": 128,
+                                  "resize_size": 144}))
+    code = main(["train", "--config-file", str(config), "--samples-file", str(root / "s.json"),
+                 "--image-dir", str(root / "images"), "--job-dir", str(tmp_path / "job")])
+    if code == 0:
+        pytest.skip("this machine can download ImageNet weights; offline path not exercised")
+    assert code == 1
+    assert "cannot download ImageNet weights" in capsys.readouterr().err
+    assert not (tmp_path / "job" / "skipped.txt").exists()  # no image was probed

@@ -145,23 +145,9 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
     # runtime's collectives before the eager context starts.
     strategy = make_strategy(config.distribution)
 
-    # --- data: pair labels with images, drop what cannot be read, split -------------------
-    found, missing = labels.find_images(samples, image_dir)
-    unreadable = probe_images([p for _, p in found])
-    found = [(s, p) for s, p in found if str(p) not in unreadable]
-    skipped = [f"{i}\tmissing" for i in missing] + [f"{p}\t{why}" for p, why in unreadable.items()]
-    files.write_text(job / "skipped.txt", "".join(line + "\n" for line in skipped))
-    labels.check_missing(len(samples), missing + sorted(unreadable), config.max_missing_fraction,
-                         "have no readable image")
-    if not found:
-        raise DataError(f"no readable images for the samples in {image_dir}")
-    train_set, val_set = labels.split(found, config.validation_fraction, config.seed)
-    log.info("%d training and %d validation images", len(train_set), len(val_set))
-
-    # --- model and input pipelines, under the distribution strategy -----------------------
-    # batch_size is per replica: N replicas step on N x batch_size images at once.
-    global_batch = config.batch_size * strategy.num_replicas_in_sync
-    inputs = distributed_datasets(strategy, config, train_set, val_set, global_batch)
+    # --- model, under the distribution strategy --------------------------------------------
+    # Built before the data: a failed ImageNet download or a wrong --init-model shows at once,
+    # not after minutes of probing a large image folder.
     previous_policy = keras.mixed_precision.global_policy()
     if config.mixed_precision and not tf.config.list_logical_devices("GPU"):
         log.warning("mixed_precision is on but no GPU is visible: float16 on a CPU is slower "
@@ -178,6 +164,24 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
     if init_model:
         copy_weights(init_model, config, model)
     model.summary(print_fn=lambda line, **_: log.debug(line))
+
+    # --- data: pair labels with images, drop what cannot be read, split -------------------
+    found, missing = labels.find_images(samples, image_dir)
+    unreadable = probe_images([p for _, p in found])
+    found = [(s, p) for s, p in found if str(p) not in unreadable]
+    skipped = [f"{i}\tmissing" for i in missing] + [f"{p}\t{why}" for p, why in unreadable.items()]
+    files.write_text(job / "skipped.txt", "".join(line + "\n" for line in skipped))
+    labels.check_missing(len(samples), missing + sorted(unreadable), config.max_missing_fraction,
+                         "have no readable image")
+    if not found:
+        raise DataError(f"no readable images for the samples in {image_dir}")
+    train_set, val_set = labels.split(found, config.validation_fraction, config.seed)
+    log.info("%d training and %d validation images", len(train_set), len(val_set))
+
+    # --- input pipelines, sharded by worker and batched per replica -----------------------
+    # batch_size is per replica: N replicas step on N x batch_size images at once.
+    global_batch = config.batch_size * strategy.num_replicas_in_sync
+    inputs = distributed_datasets(strategy, config, train_set, val_set, global_batch)
 
     # --- the two phases --------------------------------------------------------------------
     # Images per epoch over all replicas: fit() steps through `steps` global batches, or
