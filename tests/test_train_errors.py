@@ -22,6 +22,7 @@ def finished_job(tmp_path_factory):
 
 
 def damage(job, how):
+    (job / "summary.json").unlink()  # unfinished, as when killed: --resume has work to do
     ckpt = job / "checkpoint"
     if how == "weights missing":
         for f in ckpt.glob("*.weights.h5"):
@@ -82,3 +83,12 @@ def test_imagenet_download_failure_comes_before_the_image_probe(finished_job, tm
     assert code == 1
     assert "cannot download ImageNet weights" in capsys.readouterr().err
     assert not (tmp_path / "job" / "skipped.txt").exists()  # no image was probed
+
+
+def test_resume_of_a_finished_job_changes_nothing(finished_job, caplog):
+    job = finished_job / "job"
+    before = {p: p.stat().st_mtime_ns for p in job.rglob("*") if p.is_file()}
+    with caplog.at_level("INFO", logger="nima.train"):
+        assert main(["train", "--resume", str(job)]) == 0
+    assert "finished all 1 epochs already: nothing to resume" in caplog.text
+    assert {p: p.stat().st_mtime_ns for p in job.rglob("*") if p.is_file()} == before

@@ -125,6 +125,10 @@ def resume(job_dir: str | Path, image_dir: str | Path | None = None) -> Path:
                                   and state.get("phase") in [p.name for p in phases(config)]
                                   and isinstance(state.get("history"), list)):
         raise NimaError(f"{state_file} is not a checkpoint state written by nima train")
+    total = phases(config)[-1].end
+    if state is not None and state["epoch"] >= total and (source / "summary.json").is_file():
+        log.info("%s finished all %d epochs already: nothing to resume", source, total)
+        return source
     if state is None:
         log.info("no completed epoch in %s: starting from the beginning", source)
     else:
