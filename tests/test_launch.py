@@ -262,3 +262,11 @@ def test_without_an_engine_predict_runs_locally_and_docker_mode_refuses(tmp_path
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and r.stdout == "" and len(lines) == 1, r.stderr
     assert lines[0].startswith(f"predict: error: no Docker engine answers at {nowhere}")
+
+
+def test_local_training_says_that_detach_needs_docker(tmp_path: Path):
+    r = _run("train-local", "--local", "--detach", "--config-file", str(tmp_path / "none.json"),
+             "--samples-file", str(tmp_path / "s.json"), "--image-dir", str(tmp_path))
+    lines = r.stderr.strip().splitlines()
+    assert "train-local: --detach needs Docker: training runs in the foreground" in lines
+    assert r.returncode == 1 and lines[-1].startswith("nima train: error: ")

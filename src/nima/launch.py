@@ -501,21 +501,28 @@ def launch(command: str, argv: Sequence[str]) -> int:
     # What `nima` itself gets when run locally: everything but the launcher's own options.
     own = {"--docker", "--local", "--gpu", "--rebuild", "--detach"}
     local_argv = [x for x in argv if x not in own]
-    if a.local:
+
+    def local() -> NoReturn:
+        if getattr(a, "detach", False):
+            print(f"{prog}: --detach needs Docker: training runs in the foreground",
+                  file=sys.stderr)
         run_local(command, local_argv)
+
+    if a.local:
+        local()
     if docker is None:
         if a.docker or _engine_configured():
             _bootstrap_sdk(command, list(argv))
         print(f"{prog}: no Docker engine (DOCKER_HOST unset, no /var/run/docker.sock): running "
               f"`nima {command}` locally", file=sys.stderr)
-        run_local(command, local_argv)
+        local()
     try:
         client = connect()
     except LaunchError as e:
         if a.docker:
             raise
         print(f"{prog}: {e}: running `nima {command}` locally", file=sys.stderr)
-        run_local(command, local_argv)
+        local()
 
     gpu = a.gpu or _is_gpu_config(getattr(a, "config_file", None))
     if command == "train":
