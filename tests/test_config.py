@@ -96,3 +96,26 @@ def test_default_resize_below_the_bases_default_input_is_refused(name, default):
     assert Config.from_dict({"base_model_name": name, "input_size": 224}).model_input_size == 224
     # without random crops resize_size is unused: such configs trained fine and still load
     assert Config.from_dict({"base_model_name": name, "random_crop": False}).resize_size == 256
+
+
+def test_an_idealo_config_says_what_replaces_its_keys(tmp_path):
+    # idealo's models/MobileNet/config_technical_cpu.json, as users bring it along
+    idealo = {"train_env": "TID2013", "docker_image": "nima-cpu", "base_model_name": "MobileNet",
+              "existing_weights": None, "n_classes": 10, "batch_size": 8,
+              "epochs_train_dense": 1, "learning_rate_dense": 0.001, "decay_dense": 0,
+              "epochs_train_all": 5, "learning_rate_all": 0.0000003, "decay_all": 0,
+              "dropout_rate": 0.75, "multiprocessing_data_load": False,
+              "num_workers_data_load": 10, "img_format": "bmp"}
+    path = tmp_path / "config_technical_cpu.json"
+    path.write_text(json.dumps(idealo))
+    with pytest.raises(ConfigError, match=r"key 'docker_image' belongs to idealo's "
+                       r"image-quality-assessment config: remove it .*docs/migrating.md"):
+        Config.load(path)
+    for key in ("docker_image", "train_env", "n_classes", "multiprocessing_data_load",
+                "num_workers_data_load", "img_format"):
+        idealo.pop(key)
+    with pytest.raises(ConfigError, match="'existing_weights' .* nima train --init-model"):
+        Config.from_dict(idealo)
+    idealo.pop("existing_weights")
+    cfg = Config.from_dict(idealo)  # the rest means the same here
+    assert (cfg.epochs_train_all, cfg.learning_rate_all, cfg.dropout_rate) == (5, 3e-7, 0.75)

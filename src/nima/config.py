@@ -59,6 +59,20 @@ BASES: dict[str, BaseSpec] = {
 }
 
 
+# Keys of idealo's image-quality-assessment configs, which users bring along, and what
+# replaces each here.
+IDEALO_KEYS = {
+    "train_env": "remove it (where training runs is chosen on the command line)",
+    "docker_image": "remove it (./train-local builds its image; --gpu picks the GPU one)",
+    "existing_weights": "remove it and pass the weights to nima train --init-model",
+    "n_classes": "remove it (NIMA predicts 10 bins)",
+    "l2_reg": "remove it (no L2 regularisation here; NIMA's head uses dropout)",
+    "multiprocessing_data_load": "remove it (tf.data decodes in parallel on every core)",
+    "num_workers_data_load": "remove it (tf.data decodes in parallel on every core)",
+    "img_format": "remove it (any format Pillow reads is found by its image_id)",
+}
+
+
 @dataclass(frozen=True)
 class Config:
     """All hyper-parameters of one training run. Field names are the JSON keys."""
@@ -109,6 +123,11 @@ class Config:
             raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(str(k) for k in set(data) - known)
+        idealo = [k for k in unknown if k in IDEALO_KEYS]
+        if idealo:
+            raise ConfigError(
+                f"{source}: key {idealo[0]!r} belongs to idealo's image-quality-assessment "
+                f"config: {IDEALO_KEYS[idealo[0]]} (docs/migrating.md)")
         if unknown:
             raise ConfigError(
                 f"{source}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(known))})"
