@@ -131,6 +131,44 @@ def test_plan_train_rejects_non_empty_job_dir_and_non_job_resume(inputs, tmp_pat
         launch.plan_train(*_args("train", "--resume", str(images)))
 
 
+@pytest.fixture
+def read_only_dir(tmp_path: Path):
+    """A folder no one can create anything in: a read-only bind mount as root, else chmod."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.getuid() != 0:
+        ro.chmod(0o555)
+        yield ro
+        ro.chmod(0o755)
+        return
+    r = subprocess.run(f"mount --bind '{ro}' '{ro}' && mount -o remount,ro,bind '{ro}'",
+                       shell=True, capture_output=True)
+    if r.returncode != 0:
+        subprocess.run(["umount", str(ro)], capture_output=True)
+        pytest.skip(f"cannot make a read-only mount here: {r.stderr.decode().strip()}")
+    yield ro
+    subprocess.run(["umount", "-l", str(ro)], check=True)  # -l: a test may still be in it
+
+
+def test_plan_train_rejects_a_job_dir_it_cannot_create(inputs, tmp_path, monkeypatch,
+                                                       read_only_dir):
+    """Before the image build and the container, not as a traceback from mkdir after them."""
+    samples, images, config = inputs
+    args = ("train", "--config-file", str(config), "--samples-file", str(samples),
+            "--image-dir", str(images))
+    with pytest.raises(LaunchError, match=f"cannot create job directory {read_only_dir}/job/x: "
+                       f"{read_only_dir} is not writable"):
+        launch.plan_train(*_args(*args, "--job-dir", str(read_only_dir / "job" / "x")))
+    monkeypatch.chdir(read_only_dir)  # the default train_jobs/<timestamp> lands here
+    with pytest.raises(LaunchError, match="cannot create job directory train_jobs/"):
+        launch.plan_train(*_args(*args))
+    with pytest.raises(LaunchError, match="cannot create job directory"):
+        launch.make_job_dir(read_only_dir / "job")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(LaunchError, match="job directory is a file"):
+        launch.plan_train(*_args(*args, "--job-dir", str(tmp_path / "afile")))
+
+
 @pytest.mark.skipif(os.getuid() == 0, reason="root reads any directory")
 def test_plan_train_rejects_unreadable_image_dir(inputs, tmp_path):
     samples, images, config = inputs

@@ -124,6 +124,31 @@ def new_job_dir(root: Path = Path("train_jobs")) -> Path:
     return job
 
 
+def _check_new_job_dir(job: Path) -> Path:
+    """A job dir the launcher can create (or an empty one): checked before the image build."""
+    if job.exists() and not job.is_dir():
+        raise LaunchError(f"job directory is a file: {job}")
+    if job.exists() and any(job.iterdir()):
+        raise LaunchError(f"job directory is not empty: {job} (use --resume to continue it)")
+    # The nearest existing folder must take the new one: a read-only disk or someone else's
+    # folder is one line now, not a traceback after the image build.
+    parent = Path(os.path.abspath(job))
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise LaunchError(f"cannot create job directory {job}: {parent} is not writable")
+    return job
+
+
+def make_job_dir(job: Path) -> None:
+    """Create the job dir as the user, just before its container starts (a bind mount of a
+    missing path would be created by the engine, owned by root)."""
+    try:
+        job.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LaunchError(f"cannot create job directory {job}: {e.strerror or e}") from None
+
+
 # --- argv: the launcher's own options plus the `nima` options that name paths --------------------
 
 def _parser(command: str) -> argparse.ArgumentParser:
@@ -171,9 +196,7 @@ def _is_gpu_config(path: Path | None) -> bool:
 def plan_train(a: argparse.Namespace, rest: list[str]) -> tuple[RunSpec, Path]:
     """Check the inputs, choose the job dir, and map everything into the container.
 
-    The caller creates the job dir (`job.mkdir(parents=True, exist_ok=True)`) just before the
-    container starts, as the user: a bind mount of a missing path would be created by the
-    engine, owned by root.
+    The caller creates the job dir (`make_job_dir(job)`) just before the container starts.
     """
     spec = RunSpec(command=["train"])
     if a.resume:
@@ -202,13 +225,7 @@ def plan_train(a: argparse.Namespace, rest: list[str]) -> tuple[RunSpec, Path]:
         config = _need_file(a.config_file, "config file")
         samples = _need_file(a.samples_file, "samples file")
         image_dir = _need_dir(a.image_dir, "image directory")
-        if a.job_dir:
-            job = a.job_dir
-            if job.exists() and any(job.iterdir()):
-                raise LaunchError(f"job directory is not empty: {job} "
-                                  "(use --resume to continue it)")
-        else:
-            job = new_job_dir()
+        job = _check_new_job_dir(a.job_dir or new_job_dir())
         spec.command += ["--config-file", spec.mount(config), "--samples-file", spec.mount(samples),
                          "--image-dir", spec.mount(image_dir), "--job-dir", spec.mount(job, "rw")]
         if a.init_model is not None:
@@ -536,7 +553,7 @@ def launch(command: str, argv: Sequence[str]) -> int:
     network = os.environ.get("NIMA_DOCKER_NETWORK")
     detach = bool(getattr(a, "detach", False))
     if job is not None:
-        job.mkdir(parents=True, exist_ok=True)
+        make_job_dir(job)
         print(f"{prog}: job directory {job} (container {spec.name}, image {tag})", file=sys.stderr)
     try:
         code, container = run_container(client, tag, spec, gpu=gpu, network=network,
