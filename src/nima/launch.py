@@ -50,7 +50,7 @@ FLAVORS = ("cpu", "gpu")
 PROGS = {"train": "train-local", "predict": "predict"}
 # Files that make up an image; their hash is part of its tag, so a code change rebuilds it.
 IMAGE_INPUTS = ("pyproject.toml", "README.md", "src", "models", ".dockerignore")
-EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+EXIT_ERROR, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 130, 141  # 141: 128 + SIGPIPE
 
 
 class LaunchError(NimaError):
@@ -438,7 +438,7 @@ def run_container(client: "docker.DockerClient", image: str, spec: RunSpec, gpu:
         try:
             copy_stream(stream)
             code = container.wait()["StatusCode"]
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, BrokenPipeError):  # Ctrl-C, or `./predict | head` is done
             _interrupt(container)
             raise
         container.reload()
@@ -562,6 +562,14 @@ def launch(command: str, argv: Sequence[str]) -> int:
         print(f"{prog}: interrupted" + (f"; job directory kept: {job} (continue with "
               f"./train-local --resume {job})" if job else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of our stdout went away: stop quietly, as a command killed by SIGPIPE does
+        # (and keep Python from reporting the pipe again when it flushes stdout at exit).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if job is not None:
+            print(f"{prog}: output closed, training stopped; job directory kept: {job} "
+                  f"(continue with ./train-local --resume {job})", file=sys.stderr)
+        return EXIT_BROKEN_PIPE
     if detach:
         host = f" -H {os.environ['DOCKER_HOST']}" if os.environ.get("DOCKER_HOST") else ""
         print(f"training in container {container.name}; job directory {job}\n"

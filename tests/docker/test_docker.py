@@ -194,6 +194,24 @@ def test_predict_writes_json_and_prints_to_stdout(world):
         assert shipped["image_id"] == "img0003" and 1 <= shipped["mean_score_prediction"] <= 10
 
 
+def test_predict_into_a_closed_pipe_stops_quietly(world):
+    """`./predict ... | head`: when the reader goes away, the container is stopped and the
+    launcher exits 141 (128 + SIGPIPE) without a BrokenPipeError traceback."""
+    [job, *_] = jobs(world)
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first result line
+    try:
+        r = subprocess.run([str(world["repo"] / "predict"), "--docker", "--image-source",
+                            "images", "--weights-file", str(job)], stdout=write,
+                           stderr=subprocess.PIPE, text=True, cwd=world["work"],
+                           env=world["env"], user=UID, group=GID, extra_groups=[], timeout=900)
+    finally:
+        os.close(write)
+    assert r.returncode == 141, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "BrokenPipeError" not in r.stderr, r.stderr[-3000:]
+    assert not world["client"].containers.list(all=True, filters={"label": "nima.command"})
+
+
 def test_inputs_are_read_only_and_the_job_dir_writable_in_the_container(world, capfd):
     from nima import launch as L
 
