@@ -308,3 +308,23 @@ def test_local_training_says_that_detach_needs_docker(tmp_path: Path):
     lines = r.stderr.strip().splitlines()
     assert "train-local: --detach needs Docker: training runs in the foreground" in lines
     assert r.returncode == 1 and lines[-1].startswith("nima train: error: ")
+
+
+@pytest.mark.parametrize("ssh_script, why", [
+    ("exec sleep 30", "(no answer within 4 s)"),  # a stopped VM, dropped packets
+    ('echo "ubuntu@gpu-vm: Permission denied (publickey)." >&2; exit 255',
+     "(ubuntu@gpu-vm: Permission denied (publickey).)"),
+])
+def test_train_remote_gives_up_on_an_ssh_host_that_does_not_answer(tmp_path, ssh_script, why):
+    """The SDK's ssh transport has no timeout: without a probe this waited for ever."""
+    pytest.importorskip("docker")
+    pytest.importorskip("paramiko")
+    (tmp_path / "ssh").write_text(f"#!/bin/sh\n{ssh_script}\n")
+    (tmp_path / "ssh").chmod(0o755)
+    code = ("from nima import remote\n"
+            "try: remote.connect('ssh://ubuntu@gpu-vm:2222', timeout=1)\n"
+            "except remote.LaunchError as e: print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert r.stdout.strip() == (f"no Docker engine answers at ssh://ubuntu@gpu-vm:2222 {why}; "
+                                "check that `ssh -p 2222 ubuntu@gpu-vm docker version` works")

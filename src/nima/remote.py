@@ -24,12 +24,14 @@ import argparse
 import io
 import os
 import shutil
+import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
+from urllib.parse import urlsplit
 
 from nima import launch
 from nima.config import Config
@@ -74,16 +76,45 @@ def connect(host: str, timeout: float = 30) -> "docker.DockerClient":
         import paramiko  # noqa: F401  (the SDK needs it for ssh:// even when it runs `ssh`)
     except ImportError:
         raise LaunchError("ssh:// hosts need paramiko: pip install 'docker[ssh]'") from None
+    _probe(host, timeout)
     try:
         client = docker.DockerClient(base_url=host, use_ssh_client=True, timeout=int(timeout))
         client.ping()
     except Exception as e:
-        where, _, port = host[6:].partition(":")
-        raise LaunchError(f"no Docker engine answers at {host} ({_one_line(e)}); check that "
-                          f"`ssh {'-p ' + port + ' ' if port else ''}{where} docker version` "
-                          "works") from None
+        raise LaunchError(f"no Docker engine answers at {host} ({_one_line(e)}); "
+                          f"{_ssh_hint(host)}") from None
     client.api.timeout = None  # training may print nothing for a long time
     return client
+
+
+def _probe(host: str, timeout: float) -> None:
+    """Run `docker version` over ssh once, with a deadline. The SDK's ssh transport reads a
+    pipe and has no timeout of its own: a host that does not answer (a stopped VM, a
+    firewall dropping packets) would hang the launcher for minutes, or for ever."""
+    url = urlsplit(host)
+    ssh = ["ssh", "-o", f"ConnectTimeout={int(timeout)}"]
+    ssh += ["-l", url.username] if url.username else []
+    ssh += ["-p", str(url.port)] if url.port else []
+    cmd = [*ssh, "--", url.hostname or "", "docker version --format '{{.Server.Version}}'"]
+    hint = _ssh_hint(host)
+    try:
+        # ssh asks for a passphrase on the terminal (/dev/tty): hence the generous limit.
+        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=4 * timeout)
+    except subprocess.TimeoutExpired:
+        raise LaunchError(f"no Docker engine answers at {host} (no answer within "
+                          f"{int(4 * timeout)} s); {hint}") from None
+    except OSError as e:
+        raise LaunchError(f"cannot run ssh for {host}: {_one_line(e)}") from None
+    if r.returncode != 0:
+        why = (r.stderr.strip().splitlines() or [f"ssh exit {r.returncode}"])[-1]
+        raise LaunchError(f"no Docker engine answers at {host} ({why}); {hint}")
+
+
+def _ssh_hint(host: str) -> str:
+    url = urlsplit(host)
+    target = f"{url.username}@{url.hostname}" if url.username else url.hostname
+    return f"check that `ssh {f'-p {url.port} ' if url.port else ''}{target} docker version` works"
 
 
 # --- files in and out of the job volume --------------------------------------------------------
