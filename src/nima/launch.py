@@ -44,8 +44,9 @@ except ImportError:  # the host may not have the SDK yet: see _bootstrap_sdk
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_ROOT = PurePosixPath("/host")
-KERAS_VOLUME = "nima-keras-cache"
-KERAS_HOME = "/home/nima/.keras"  # the image's KERAS_HOME (Dockerfile.*)
+# Named volumes that outlive the containers (paths as in Dockerfile.*): Keras' ImageNet weights,
+# and ~/.cache, where nima keeps its TFLite conversions and matplotlib its font list.
+CACHE_VOLUMES = {"nima-keras-cache": "/home/nima/.keras", "nima-cache": "/home/nima/.cache"}
 FLAVORS = ("cpu", "gpu")
 PROGS = {"train": "train-local", "predict": "predict"}
 # Files that make up an image; their hash is part of its tag, so a code change rebuilds it.
@@ -409,7 +410,7 @@ def run_container(client: "docker.DockerClient", image: str, spec: RunSpec, gpu:
     """
     uid_gid = user or f"{os.getuid()}:{os.getgid()}"
     volumes = dict(spec.binds)
-    volumes[KERAS_VOLUME] = {"bind": KERAS_HOME, "mode": "rw"}
+    volumes.update({name: {"bind": path, "mode": "rw"} for name, path in CACHE_VOLUMES.items()})
     kwargs: dict = dict(image=image, command=spec.command, user=uid_gid, volumes=volumes,
                         name=spec.name, labels=spec.labels, detach=True, network_mode=network,
                         entrypoint=spec.entrypoint)
