@@ -373,6 +373,25 @@ def ensure_image(client: "docker.DockerClient", flavor: str, repo: Path = REPO,
     return tag
 
 
+def _refuse_busy_job(client: "docker.DockerClient", label: str, job: Path) -> None:
+    """Two trainers in one job dir overwrite each other's checkpoints (e.g. --resume of a job
+    that still runs detached): refuse while a container of this launcher writes to it."""
+    try:
+        busy = client.containers.list(filters={"label": f"nima.job-dir={label}"})
+    except docker.errors.DockerException:
+        return
+    if busy:
+        name, cli = busy[0].name, _docker_cli()
+        raise LaunchError(f"job directory {job} is still being written by container {name} "
+                          f"(follow it: {cli} logs -f {name}; stop it: {cli} stop {name})")
+
+
+def _docker_cli() -> str:
+    """The docker command line that reaches the engine the launcher uses."""
+    host = os.environ.get("DOCKER_HOST")
+    return f"docker -H {host}" if host else "docker"
+
+
 def gpu_request() -> "docker.types.DeviceRequest":
     """All GPUs, like `docker run --gpus all`."""
     return docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])
@@ -547,6 +566,8 @@ def launch(command: str, argv: Sequence[str]) -> int:
         spec, job = plan_train(a, rest)
     else:
         spec, job = plan_predict(a, rest), None
+    if job is not None:
+        _refuse_busy_job(client, spec.labels["nima.job-dir"], job)
     flavor = "gpu" if gpu else "cpu"
     tag = ensure_image(client, flavor, base_image=os.environ.get("NIMA_BASE_IMAGE"),
                        network=os.environ.get("NIMA_DOCKER_BUILD_NETWORK"), rebuild=a.rebuild,
@@ -572,10 +593,10 @@ def launch(command: str, argv: Sequence[str]) -> int:
                   f"(continue with ./train-local --resume {job})", file=sys.stderr)
         return EXIT_BROKEN_PIPE
     if detach:
-        host = f" -H {os.environ['DOCKER_HOST']}" if os.environ.get("DOCKER_HOST") else ""
+        cli = _docker_cli()
         print(f"training in container {container.name}; job directory {job}\n"
-              f"  follow: docker{host} logs -f {container.name}\n"
-              f"  stop:   docker{host} stop {container.name}   "
+              f"  follow: {cli} logs -f {container.name}\n"
+              f"  stop:   {cli} stop {container.name}   "
               f"(then ./train-local --resume {job})")
         return 0
     if code != 0 and job is not None:

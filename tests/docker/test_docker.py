@@ -320,6 +320,12 @@ def test_a_killed_container_keeps_the_job_and_resume_finishes_it_detached(world)
     name = r.stdout.split()[3].rstrip(";")
     assert f"logs -f {name}" in r.stdout and f"stop {name}" in r.stdout
     container = client.containers.get(name)
+    # A second trainer in the same job dir would overwrite the first one's checkpoints.
+    again = launch(world, "train-local", "--resume", f"train_jobs/{job.name}")
+    cli = f"docker -H {world['env']['DOCKER_HOST']}"
+    assert again.returncode == 1 and again.stderr.strip() == (
+        f"train-local: error: job directory train_jobs/{job.name} is still being written by "
+        f"container {name} (follow it: {cli} logs -f {name}; stop it: {cli} stop {name})")
     try:
         assert container.wait(timeout=600)["StatusCode"] == 0, container.logs()[-3000:]
     finally:
