@@ -328,3 +328,11 @@ def test_train_remote_gives_up_on_an_ssh_host_that_does_not_answer(tmp_path, ssh
                        env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
     assert r.stdout.strip() == (f"no Docker engine answers at ssh://ubuntu@gpu-vm:2222 {why}; "
                                 "check that `ssh -p 2222 ubuntu@gpu-vm docker version` works")
+
+
+def test_cache_volumes_are_per_user():
+    """What one uid creates in a cache volume, another cannot extend: one set per user."""
+    assert launch.cache_volumes("4242:4242") == {
+        "nima-keras-cache-4242": {"bind": "/home/nima/.keras", "mode": "rw"},
+        "nima-cache-4242": {"bind": "/home/nima/.cache", "mode": "rw"}}
+    assert set(launch.cache_volumes("nima")) == {"nima-keras-cache-nima", "nima-cache-nima"}

@@ -44,9 +44,17 @@ except ImportError:  # the host may not have the SDK yet: see _bootstrap_sdk
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_ROOT = PurePosixPath("/host")
-# Named volumes that outlive the containers (paths as in Dockerfile.*): Keras' ImageNet weights,
-# and ~/.cache, where nima keeps its TFLite conversions and matplotlib its font list.
+# Named volumes that outlive the containers (paths as in Dockerfile.*), one set per user (the
+# folders a uid creates in them are its own: a shared volume filled by one uid is read-only
+# for the next): Keras' ImageNet weights, and ~/.cache, where nima keeps its TFLite
+# conversions and matplotlib its font list.
 CACHE_VOLUMES = {"nima-keras-cache": "/home/nima/.keras", "nima-cache": "/home/nima/.cache"}
+
+
+def cache_volumes(user: str) -> dict[str, dict[str, str]]:
+    """The cache volumes of `user` ("uid:gid" or a name) as docker SDK volume binds."""
+    who = re.sub(r"[^A-Za-z0-9_.-]", "_", user.split(":")[0])
+    return {f"{name}-{who}": {"bind": path, "mode": "rw"} for name, path in CACHE_VOLUMES.items()}
 FLAVORS = ("cpu", "gpu")
 PROGS = {"train": "train-local", "predict": "predict"}
 # Files that make up an image; their hash is part of its tag, so a code change rebuilds it.
@@ -429,7 +437,7 @@ def run_container(client: "docker.DockerClient", image: str, spec: RunSpec, gpu:
     """
     uid_gid = user or f"{os.getuid()}:{os.getgid()}"
     volumes = dict(spec.binds)
-    volumes.update({name: {"bind": path, "mode": "rw"} for name, path in CACHE_VOLUMES.items()})
+    volumes.update(cache_volumes(uid_gid))
     kwargs: dict = dict(image=image, command=spec.command, user=uid_gid, volumes=volumes,
                         name=spec.name, labels=spec.labels, detach=True, network_mode=network,
                         entrypoint=spec.entrypoint)

@@ -165,7 +165,7 @@ def test_train_builds_the_image_and_writes_a_job_dir_owned_by_the_user(world):
     assert owners == {(UID, GID)}
     # job.json records container paths, which the launcher maps back on --resume.
     assert json.loads((job / "job.json").read_text())["image_dir"] == f"/host{w}/images"
-    assert world["client"].volumes.get("nima-keras-cache")
+    assert world["client"].volumes.get(f"nima-keras-cache-{UID}")
 
 
 def test_predict_writes_json_and_prints_to_stdout(world):
@@ -195,9 +195,14 @@ def test_predict_writes_json_and_prints_to_stdout(world):
 
 
 def test_the_tflite_conversion_is_cached_between_containers(world):
-    """~/.cache is the named volume nima-cache: a second ./predict does not convert again
-    (it took 12 s of a 12.3 s run for one image here)."""
+    """~/.cache is the named volume nima-cache-<uid>: a second ./predict does not convert again
+    (it took 12 s of a 12.3 s run for one image here). Another user's runs (own volume) do not
+    make it read-only."""
     one = ["--image-source", "images/img0001.jpg", "--weights-file", jobs(world)[0] / "best.keras"]
+    other = subprocess.run([str(world["repo"] / "predict"), "--docker", *map(str, one)],
+                           cwd=world["work"], env=world["env"], user=UID + 1, group=GID + 1,
+                           extra_groups=[], capture_output=True, text=True, timeout=900)
+    assert other.returncode == 0, other.stderr[-3000:]
     first = launch(world, "predict", *one)
     assert first.returncode == 0, first.stderr[-3000:]
     second = launch(world, "predict", *one)
@@ -205,7 +210,8 @@ def test_the_tflite_conversion_is_cached_between_containers(world):
     assert "backend tflite" in second.stderr
     assert "converting the model to TFLite" not in second.stderr, second.stderr[-3000:]
     assert json.loads(first.stdout) == json.loads(second.stdout)
-    assert world["client"].volumes.get("nima-cache")
+    assert world["client"].volumes.get(f"nima-cache-{UID}")
+    assert world["client"].volumes.get(f"nima-cache-{UID + 1}")
 
 
 def test_predict_into_a_closed_pipe_stops_quietly(world):
