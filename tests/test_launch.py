@@ -246,6 +246,30 @@ def test_same_path_mounted_read_write_wins():
     assert spec.binds == {"/data/x": {"bind": "/host/data/x", "mode": "rw"}}
 
 
+def test_gpu_image_for_gpu_configs_and_for_resuming_a_gpu_job(inputs, tmp_path):
+    """A job started with a *_gpu config resumes on the GPU image too (it went to the CPU image,
+    silently: config.json in the job dir has lost the _gpu name); --cpu overrides."""
+    samples, images, config = inputs
+    gpu_cfg = tmp_path / "config_aesthetic_gpu.json"
+    gpu_cfg.write_text(json.dumps({**tiny_config(), "mixed_precision": True}))
+    new = ("train", "--samples-file", str(samples), "--image-dir", str(images), "--config-file")
+    assert launch.gpu_reason(_args(*new, str(gpu_cfg))[0]) == (
+        "config_aesthetic_gpu.json is a *_gpu config")
+    assert launch.gpu_reason(_args(*new, str(config))[0]) is None
+    assert launch.gpu_reason(_args(*new, str(gpu_cfg), "--cpu")[0]) is None
+    assert launch.gpu_reason(_args(*new, str(gpu_cfg), "--gpu")[0]) is None  # asked for
+    job = tmp_path / "train_jobs" / "20260101-000000"
+    job.mkdir(parents=True)
+    (job / "config.json").write_text(gpu_cfg.read_text())  # as nima train saves it
+    assert launch.gpu_reason(_args("train", "--resume", str(job))[0]) == (
+        f"{job / 'config.json'} sets mixed_precision (a GPU setting)")
+    assert launch.gpu_reason(_args("train", "--resume", str(job), "--cpu")[0]) is None
+    (job / "config.json").write_text(json.dumps(tiny_config()))
+    assert launch.gpu_reason(_args("train", "--resume", str(job))[0]) is None
+    with pytest.raises(SystemExit):  # argparse: not allowed with argument --gpu
+        _args("predict", "--gpu", "--cpu")
+
+
 def test_gpu_config_names_and_device_request():
     assert launch._is_gpu_config(Path("models/MobileNet/config_aesthetic_gpu.json"))
     assert not launch._is_gpu_config(Path("config_aesthetic_cpu.json"))

@@ -171,7 +171,11 @@ def _parser(command: str) -> argparse.ArgumentParser:
                        "when no Docker engine answers")
     where.add_argument("--local", action="store_true",
                        help="run in the local Python environment (.venv), not in Docker")
-    p.add_argument("--gpu", action="store_true", help="use the GPU image and all GPUs")
+    device = p.add_mutually_exclusive_group()
+    device.add_argument("--gpu", action="store_true", help="use the GPU image and all GPUs "
+                        "(default for a *_gpu or mixed_precision config, and for resuming one)")
+    device.add_argument("--cpu", action="store_true", help="use the CPU image even for a *_gpu "
+                        "or mixed_precision config")
     p.add_argument("--rebuild", action="store_true", help="rebuild the image even if it exists")
     if command == "train":
         p.add_argument("--detach", action="store_true",
@@ -200,6 +204,28 @@ def _parser(command: str) -> argparse.ArgumentParser:
 
 def _is_gpu_config(path: Path | None) -> bool:
     return path is not None and bool(re.search(r"_gpu\b|_gpu[._]", path.name))
+
+
+def gpu_reason(a: argparse.Namespace) -> str | None:
+    """Why a run without --gpu/--cpu gets the GPU image, or None. A resumed job's config is
+    its config.json (the name is lost): mixed_precision marks the GPU configs, so a GPU job
+    does not silently resume on a CPU."""
+    if a.gpu or a.cpu:
+        return None
+    config = getattr(a, "config_file", None)
+    if getattr(a, "resume", None) is not None:
+        config = a.resume / "config.json"
+    if config is None:
+        return None
+    if _is_gpu_config(config):
+        return f"{config.name} is a *_gpu config"
+    try:
+        settings = json.loads(config.read_text())
+    except (OSError, ValueError):  # reported later, by the checks or by nima itself
+        return None
+    if isinstance(settings, dict) and settings.get("mixed_precision") is True:
+        return f"{config} sets mixed_precision (a GPU setting)"
+    return None
 
 
 def plan_train(a: argparse.Namespace, rest: list[str]) -> tuple[RunSpec, Path]:
@@ -458,7 +484,7 @@ def run_container(client: "docker.DockerClient", image: str, spec: RunSpec, gpu:
         msg = _one_line(e)
         if gpu and ("device driver" in msg or "nvidia" in msg.lower() or "gpu" in msg.lower()):
             raise LaunchError(f"the Docker engine cannot provide GPUs ({msg}): install the NVIDIA "
-                              "Container Toolkit on the host, or run without --gpu") from None
+                              "Container Toolkit on the host, or use --cpu") from None
         raise LaunchError(f"cannot start the container: {msg}") from None
     if stream is None:
         return 0, container
@@ -544,7 +570,7 @@ def launch(command: str, argv: Sequence[str]) -> int:
     prog = PROGS[command]
     a, rest = _parser(command).parse_known_args(argv)
     # What `nima` itself gets when run locally: everything but the launcher's own options.
-    own = {"--docker", "--local", "--gpu", "--rebuild", "--detach"}
+    own = {"--docker", "--local", "--gpu", "--cpu", "--rebuild", "--detach"}
     local_argv = [x for x in argv if x not in own]
 
     def local() -> NoReturn:
@@ -569,11 +595,15 @@ def launch(command: str, argv: Sequence[str]) -> int:
         print(f"{prog}: {e}: running `nima {command}` locally", file=sys.stderr)
         local()
 
-    gpu = a.gpu or _is_gpu_config(getattr(a, "config_file", None))
     if command == "train":
         spec, job = plan_train(a, rest)
     else:
         spec, job = plan_predict(a, rest), None
+    reason = gpu_reason(a)
+    gpu = a.gpu or reason is not None
+    if reason:
+        print(f"{prog}: {reason}: using the GPU image and all GPUs (--cpu to not)",
+              file=sys.stderr)
     if job is not None:
         _refuse_busy_job(client, spec.labels["nima.job-dir"], job)
     flavor = "gpu" if gpu else "cpu"
