@@ -238,6 +238,17 @@ def test_plan_predict_mounts_what_nima_reads_beside_a_model_file(inputs, tmp_pat
     assert all(b["mode"] == "ro" for b in spec.binds.values())
 
 
+def test_binds_become_mounts_that_allow_a_colon_in_a_path():
+    pytest.importorskip("docker")
+    got = launch.mounts({"/data/shots 10:15": {"bind": "/host/data/shots 10:15", "mode": "ro"},
+                         "/data/job": {"bind": "/host/data/job", "mode": "rw"},
+                         "nima-cache-1000": {"bind": "/home/nima/.cache", "mode": "rw"}})
+    assert [(m["Type"], m["Source"], m["Target"], m["ReadOnly"]) for m in got] == [
+        ("bind", "/data/shots 10:15", "/host/data/shots 10:15", True),
+        ("bind", "/data/job", "/host/data/job", False),
+        ("volume", "nima-cache-1000", "/home/nima/.cache", False)]
+
+
 def test_same_path_mounted_read_write_wins():
     spec = launch.RunSpec(command=[])
     spec.mount("/data/x", "ro")

@@ -452,6 +452,13 @@ def copy_stream(stream) -> None:
             sys.stderr.flush()
 
 
+def mounts(binds: dict[str, dict[str, str]]) -> list["docker.types.Mount"]:
+    """SDK-style binds ({host path or volume name: {bind, mode}}) as Mounts: a `-v` spec
+    (src:dst:mode) cannot hold a path with a colon, such as "photos 10:15"."""
+    return [docker.types.Mount(b["bind"], src, type="bind" if src.startswith("/") else "volume",
+                               read_only=b["mode"] == "ro") for src, b in binds.items()]
+
+
 def run_container(client: "docker.DockerClient", image: str, spec: RunSpec, gpu: bool = False,
                   network: str | None = None, detach: bool = False,
                   user: str | None = None) -> tuple[int, "docker.models.containers.Container"]:
@@ -462,9 +469,8 @@ def run_container(client: "docker.DockerClient", image: str, spec: RunSpec, gpu:
     stops it if it has not exited within 30 s. The container is removed unless detached.
     """
     uid_gid = user or f"{os.getuid()}:{os.getgid()}"
-    volumes = dict(spec.binds)
-    volumes.update(cache_volumes(uid_gid))
-    kwargs: dict = dict(image=image, command=spec.command, user=uid_gid, volumes=volumes,
+    kwargs: dict = dict(image=image, command=spec.command, user=uid_gid,
+                        mounts=mounts({**spec.binds, **cache_volumes(uid_gid)}),
                         name=spec.name, labels=spec.labels, detach=True, network_mode=network,
                         entrypoint=spec.entrypoint)
     if gpu:

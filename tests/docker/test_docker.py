@@ -214,6 +214,22 @@ def test_the_tflite_conversion_is_cached_between_containers(world):
     assert world["client"].volumes.get(f"nima-cache-{UID + 1}")
 
 
+def test_paths_with_a_colon_space_and_unicode_are_mounted(world):
+    """A `-v src:dst:mode` spec cannot hold "shots 10:15"; the launcher uses Mounts."""
+    w = world["work"]
+    folder = w / "shots 10:15 ü"
+    folder.mkdir()
+    for name in ("img0001.jpg", "img0002.jpg"):
+        shutil.copy(world["images"] / name, folder / name)
+    for p in [folder, *folder.iterdir()]:
+        os.chown(p, UID, GID)
+    r = launch(world, "predict", "--image-source", folder.name, "--weights-file",
+               jobs(world)[0] / "best.keras", "--predictions-file", f"{folder.name}/p.json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads((folder / "p.json").read_text())
+    assert [x["image"] for x in got] == ["img0001.jpg", "img0002.jpg"]
+
+
 def test_predict_into_a_closed_pipe_stops_quietly(world):
     """`./predict ... | head`: when the reader goes away, the container is stopped and the
     launcher exits 141 (128 + SIGPIPE) without a BrokenPipeError traceback."""
