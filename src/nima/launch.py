@@ -666,9 +666,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _terminate(signum, frame) -> None:
-    raise KeyboardInterrupt  # `kill` of the launcher stops its container like Ctrl-C does
+    # `kill` of the launcher, or its terminal closing (SIGHUP), stops its container like Ctrl-C
+    # does, instead of leaving it running unwatched and never removed (--detach is for that).
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
     sys.exit(main())

@@ -356,6 +356,35 @@ def test_a_killed_container_keeps_the_job_and_resume_finishes_it_detached(world)
     assert len(json.loads((job / "history.json").read_text())) == 3
 
 
+@pytest.mark.parametrize("sig", ["SIGHUP", "SIGTERM"])
+def test_closing_the_terminal_or_killing_the_launcher_stops_its_container(world, sig):
+    """SIGHUP left the container training unwatched and never removed."""
+    import signal
+
+    w, client = world["work"], world["client"]
+    (w / "endless.json").write_text(json.dumps(tiny_config(epochs_train_all=500)))
+    os.chown(w / "endless.json", UID, GID)
+    before = jobs(world)
+    proc = launch(world, "train-local", "--config-file", "endless.json", "--samples-file",
+                  "samples.json", "--image-dir", "images", wait=False)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            new = sorted(set(jobs(world)) - set(before))
+            if new and client.containers.list(filters={"label": f"nima.job-dir={new[0]}"}):
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert f"interrupted; job directory kept: train_jobs/{new[0].name}" in err
+    assert not client.containers.list(all=True, filters={"label": f"nima.job-dir={new[0]}"})
+
+
 def test_gpu_run_builds_the_gpu_image_and_says_why_no_gpu_can_be_had(world):
     [job, *_] = jobs(world)
     r = launch(world, "predict", "--gpu", "--image-source", "images", "--weights-file", job)
