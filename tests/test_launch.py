@@ -371,3 +371,15 @@ def test_cache_volumes_are_per_user():
         "nima-keras-cache-4242": {"bind": "/home/nima/.keras", "mode": "rw"},
         "nima-cache-4242": {"bind": "/home/nima/.cache", "mode": "rw"}}
     assert set(launch.cache_volumes("nima")) == {"nima-keras-cache-nima", "nima-cache-nima"}
+
+
+def test_train_remote_refuses_a_jobs_dir_it_cannot_write_before_connecting(inputs, tmp_path,
+                                                                           read_only_dir):
+    """Found after training, the job could not be copied back: a traceback from mkdir."""
+    samples, _, config = inputs
+    r = _run("train-remote", "--host", "ssh://ubuntu@gpu-vm", "--config-file", str(config),
+             "--samples-file", str(samples), "--image-dir", "/mnt/images", "--jobs-dir",
+             str(read_only_dir / "jobs"))
+    assert r.returncode == 1 and r.stderr.strip() == (
+        f"train-remote: error: cannot create jobs directory {read_only_dir / 'jobs'}: "
+        f"{read_only_dir} is not writable")

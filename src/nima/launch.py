@@ -139,14 +139,18 @@ def _check_new_job_dir(job: Path) -> Path:
         raise LaunchError(f"job directory is a file: {job}")
     if job.exists() and any(job.iterdir()):
         raise LaunchError(f"job directory is not empty: {job} (use --resume to continue it)")
-    # The nearest existing folder must take the new one: a read-only disk or someone else's
-    # folder is one line now, not a traceback after the image build.
-    parent = Path(os.path.abspath(job))
+    return need_creatable(job, "job directory")
+
+
+def need_creatable(path: Path, what: str) -> Path:
+    """The nearest existing folder of `path` must take new files: a read-only disk or someone
+    else's folder is one line before the work starts, not a traceback after it."""
+    parent = Path(os.path.abspath(path))
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise LaunchError(f"cannot create job directory {job}: {parent} is not writable")
-    return job
+        raise LaunchError(f"cannot create {what} {path}: {parent} is not writable")
+    return path
 
 
 def make_job_dir(job: Path) -> None:

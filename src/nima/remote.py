@@ -185,10 +185,11 @@ def fetch(client, job: str, dest_root: Path) -> Path:
         raise LaunchError(f"no job {job!r} on the remote machine (no volume "
                           f"{volume_name(job)})") from None
     image = (volume.attrs.get("Labels") or {}).get("nima.image", "")
-    helper = _helper(client, job, image)
-    dest_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{job}-", dir=dest_root))
+    tmp = helper = None
     try:
+        dest_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{job}-", dir=dest_root))
+        helper = _helper(client, job, image)
         stream, _ = helper.get_archive(f"{WORK}/job")
         with tarfile.open(fileobj=_ChunkReader(stream), mode="r|") as tar:
             for member in tar:
@@ -212,9 +213,14 @@ def fetch(client, job: str, dest_root: Path) -> Path:
         return dest
     except docker.errors.DockerException as e:
         raise LaunchError(f"cannot copy job {job} back: {_one_line(e)}") from None
+    except OSError as e:  # a full or read-only disk here
+        raise LaunchError(f"cannot copy job {job} back into {dest_root}: {e.strerror or e} "
+                          "(it stays on the remote machine: --fetch JOB --jobs-dir DIR)") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        helper.remove(force=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if helper is not None:
+            helper.remove(force=True)
 
 
 class _ChunkReader(io.RawIOBase):
@@ -377,6 +383,8 @@ def run(argv: Sequence[str]) -> int:
         raise LaunchError("--init-model starts a new job; it does not go with --attach, "
                           "--fetch, --resume, --stop, --delete or --list")
     init = init_model_file(a.init_model) if a.init_model is not None else None
+    if not (a.list or a.stop or a.delete):  # these copy nothing back
+        launch.need_creatable(a.jobs_dir, "jobs directory")
     client = connect(a.host)
 
     if a.list:
