@@ -396,6 +396,37 @@ def test_gpu_run_builds_the_gpu_image_and_says_why_no_gpu_can_be_had(world):
     assert not world["client"].containers.list(all=True, filters={"label": "nima.command"})
 
 
+def test_a_code_change_rebuilds_the_image_without_reinstalling_the_requirements(world):
+    """The requirements have their own layer: on the official TensorFlow image (which lacks
+    scikit-learn, scipy, matplotlib, ...) every code change re-downloaded them."""
+    from nima import launch as L
+
+    client, base = world["client"], world["env"]["NIMA_BASE_IMAGE"]
+    repo = Path(tempfile.mkdtemp(prefix="nimarepo-", dir="/tmp")) / "repo"
+    shutil.copytree(world["repo"], repo)
+    tags = []
+    try:
+        logs = []
+        for change in ("", "\n# a code change\n"):
+            with open(repo / "src" / "nima" / "errors.py", "a") as f:
+                f.write(change)
+            tags.append(L.image_tag("cpu", repo, base))
+            out: list[str] = []
+            L.build_image(client, "cpu", tags[-1], repo, base, "host", out=out.append)
+            logs.append("".join(out))
+        assert tags[0] != tags[1]
+        step = logs[1].split("-r /tmp/requirements.txt", 1)[1]
+        assert step.split("\n")[1].strip() == "---> Using cache", logs[1][-3000:]
+        assert "import nima.launch, nima.cli" in logs[1]  # the wheel itself is reinstalled
+    finally:
+        for tag in tags:
+            try:
+                client.images.remove(tag, force=True)
+            except docker.errors.APIError:
+                pass
+        shutil.rmtree(repo.parent, ignore_errors=True)
+
+
 def test_a_failed_image_build_is_one_line(world):
     env = dict(world["env"], NIMA_BASE_IMAGE="localhost:1/no-such-base:1")
     r = launch(world, "predict", "--image-source", "images", env=env)
