@@ -102,6 +102,10 @@ def test_plan_train_resume_mounts_the_recorded_init_model(inputs, tmp_path):
     assert spec.binds[str(init)]["mode"] == "ro"  # at the path job.json names, in the container
     with pytest.raises(LaunchError, match="--init-model starts a new job"):
         launch.plan_train(*_args("train", "--resume", str(job), "--init-model", str(init)))
+    # A new config (say, more epochs) was silently ignored by --resume.
+    with pytest.raises(LaunchError, match="--resume continues a job with the config.json and "
+                       "samples.json in its directory: --config-file does not go with it"):
+        launch.plan_train(*_args("train", "--resume", str(job), "--config-file", str(init)))
 
 
 @pytest.mark.parametrize("broken, message", [

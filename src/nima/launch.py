@@ -244,6 +244,11 @@ def plan_train(a: argparse.Namespace, rest: list[str]) -> tuple[RunSpec, Path]:
             raise LaunchError(f"not a training job directory (no config.json/job.json): {job}")
         if a.init_model is not None:
             raise LaunchError("--init-model starts a new job; --resume continues one")
+        ignored = [f"--{n.replace('_', '-')}" for n in ("config_file", "samples_file", "job_dir")
+                   if getattr(a, n) is not None]
+        if ignored:  # they were silently ignored: e.g. a config with more epochs did nothing
+            raise LaunchError(f"--resume continues a job with the config.json and samples.json "
+                              f"in its directory: {', '.join(ignored)} does not go with it")
         try:
             meta = json.loads((job / "job.json").read_text())
             recorded = meta["image_dir"]
