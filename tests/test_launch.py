@@ -387,3 +387,13 @@ def test_train_remote_refuses_a_jobs_dir_it_cannot_write_before_connecting(input
     assert r.returncode == 1 and r.stderr.strip() == (
         f"train-remote: error: cannot create jobs directory {read_only_dir / 'jobs'}: "
         f"{read_only_dir} is not writable")
+
+
+def test_train_remote_refuses_new_job_options_with_resume(inputs):
+    """--resume JOB --config-file C ran the job's own config: C was silently ignored."""
+    _, _, config = inputs
+    r = _run("train-remote", "--host", "ssh://ubuntu@gpu-vm", "--resume", "20260101-000000",
+             "--config-file", str(config))
+    assert r.returncode == 1 and r.stderr.strip() == (
+        "train-remote: error: --config-file starts a new job; it does not go with --attach, "
+        "--fetch, --resume, --stop, --delete or --list")

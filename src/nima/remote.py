@@ -379,9 +379,12 @@ def run(argv: Sequence[str]) -> int:
         if not a.image_dir.startswith("/"):
             raise LaunchError(f"--image-dir must be an absolute path on the remote machine, got "
                               f"{a.image_dir!r}")
-    elif a.init_model is not None:
-        raise LaunchError("--init-model starts a new job; it does not go with --attach, "
-                          "--fetch, --resume, --stop, --delete or --list")
+    else:
+        ignored = [f"--{n.replace('_', '-')}" for n in ("init_model", "config_file", "samples_file")
+                   if getattr(a, n) is not None]
+        if ignored:  # they would be silently ignored (a config with more epochs does nothing)
+            raise LaunchError(f"{', '.join(ignored)} starts a new job; it does not go with "
+                              "--attach, --fetch, --resume, --stop, --delete or --list")
     init = init_model_file(a.init_model) if a.init_model is not None else None
     if not (a.list or a.stop or a.delete):  # these copy nothing back
         launch.need_creatable(a.jobs_dir, "jobs directory")
