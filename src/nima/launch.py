@@ -66,6 +66,10 @@ class LaunchError(NimaError):
     """The container could not be built, started or run (one sentence, shown to the user)."""
 
 
+class EngineLost(LaunchError):
+    """The engine went away while a container ran (which may run on without us)."""
+
+
 # --- host <-> container paths ------------------------------------------------------------------
 
 def container_path(host: str | Path) -> str:
@@ -507,10 +511,13 @@ def run_container(client: "docker.DockerClient", image: str, spec: RunSpec, gpu:
         try:
             copy_stream(stream)
             code = container.wait()["StatusCode"]
+            container.reload()
         except (KeyboardInterrupt, BrokenPipeError):  # Ctrl-C, or `./predict | head` is done
             _interrupt(container)
             raise
-        container.reload()
+        except Exception as e:  # requests' ConnectionError ...: the engine restarted or died
+            raise EngineLost(f"lost the Docker engine while container {container.name} ran "
+                              f"({_one_line(e)}); it may still be running") from None
         message = _exit_message(code, container.attrs.get("State", {}))
         if message:
             print(message, file=sys.stderr)
@@ -518,7 +525,7 @@ def run_container(client: "docker.DockerClient", image: str, spec: RunSpec, gpu:
     finally:
         try:
             container.remove(force=True)
-        except docker.errors.DockerException:
+        except Exception:  # gone already, or no engine to ask
             pass
 
 
@@ -633,6 +640,12 @@ def launch(command: str, argv: Sequence[str]) -> int:
     try:
         code, container = run_container(client, tag, spec, gpu=gpu, network=network,
                                         detach=detach)
+    except EngineLost as e:
+        raise LaunchError(f"{e}" + (f"; job directory kept: {job}" if job else "")) from None
+    except LaunchError:
+        if job is not None and not any(job.iterdir()):
+            job.rmdir()  # made a moment ago for a container that never started
+        raise
     except KeyboardInterrupt:
         print(f"{prog}: interrupted" + (f"; job directory kept: {job} (continue with "
               f"./train-local --resume {job})" if job else ""), file=sys.stderr)

@@ -145,7 +145,8 @@ def launch(world, script, *argv, wait=True, env=None):
 
 
 def jobs(world) -> list[Path]:
-    return sorted((world["work"] / "train_jobs").iterdir())
+    root = world["work"] / "train_jobs"
+    return sorted(root.iterdir()) if root.is_dir() else []
 
 
 def test_train_builds_the_image_and_writes_a_job_dir_owned_by_the_user(world):
@@ -385,6 +386,96 @@ def test_closing_the_terminal_or_killing_the_launcher_stops_its_container(world,
     assert not client.containers.list(all=True, filters={"label": f"nima.job-dir={new[0]}"})
 
 
+class _EngineProxy:
+    """A unix socket forwarding to the engine's, closed on demand: to the launcher, the engine
+    dies (connections reset, the socket refuses) while its container runs on."""
+
+    def __init__(self, engine: str, path: Path):
+        import socket
+        import threading
+
+        self.engine, self.path, self.conns = engine, path, []
+        self.server = socket.socket(socket.AF_UNIX)
+        self.server.bind(str(path))
+        path.chmod(0o666)
+        self.server.listen()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(self.engine)
+            self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a, b) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+
+    def kill(self) -> None:
+        import socket
+
+        self.server.close()
+        self.path.unlink()
+        for c in self.conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
+
+def test_an_engine_that_dies_mid_run_is_one_line(world):
+    """Was a 200-line requests traceback; the container may run on without the launcher."""
+    w, client = world["work"], world["client"]
+    (w / "endless.json").write_text(json.dumps(tiny_config(epochs_train_all=500)))
+    os.chown(w / "endless.json", UID, GID)
+    sock_dir = Path(tempfile.mkdtemp(prefix="nimapx-", dir="/tmp"))
+    sock_dir.chmod(0o755)
+    proxy = _EngineProxy(world["env"]["DOCKER_HOST"].removeprefix("unix://"),
+                         sock_dir / "docker.sock")
+    env = dict(world["env"], DOCKER_HOST=f"unix://{sock_dir}/docker.sock")
+    before = jobs(world)
+    proc = launch(world, "train-local", "--config-file", "endless.json", "--samples-file",
+                  "samples.json", "--image-dir", "images", wait=False, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            new = sorted(set(jobs(world)) - set(before))
+            if new and client.containers.list(filters={"label": f"nima.job-dir={new[0]}"}):
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        [container] = client.containers.list(filters={"label": f"nima.job-dir={new[0]}"})
+        proxy.kill()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for c in client.containers.list(all=True, filters={"label": "nima.command"}):
+            c.remove(force=True)
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    assert proc.returncode == 1, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"train-local: error: lost the Docker engine while container "
+                           f"{container.name} ran (")
+    assert last.endswith(f"); it may still be running; job directory kept: "
+                         f"train_jobs/{new[0].name}")
+
+
 def test_gpu_run_builds_the_gpu_image_and_says_why_no_gpu_can_be_had(world):
     [job, *_] = jobs(world)
     r = launch(world, "predict", "--gpu", "--image-source", "images", "--weights-file", job)
@@ -394,6 +485,14 @@ def test_gpu_run_builds_the_gpu_image_and_says_why_no_gpu_can_be_had(world):
     assert last.startswith("predict: error: the Docker engine cannot provide GPUs (")
     assert "NVIDIA Container Toolkit" in last
     assert not world["client"].containers.list(all=True, filters={"label": "nima.command"})
+    # Training: the same line, and no empty job dir left behind for a container never started.
+    before = jobs(world)
+    r = launch(world, "train-local", "--gpu", "--config-file", "config.json", "--samples-file",
+               "samples.json", "--image-dir", "images")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        "train-local: error: the Docker engine cannot provide GPUs (")
+    assert jobs(world) == before
 
 
 def test_a_code_change_rebuilds_the_image_without_reinstalling_the_requirements(world):
