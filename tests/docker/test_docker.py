@@ -197,7 +197,7 @@ def test_predict_writes_json_and_prints_to_stdout(world):
 
 def test_the_tflite_conversion_is_cached_between_containers(world):
     """~/.cache is the named volume nima-cache-<uid>: a second ./predict does not convert again
-    (9.5 s for one image here, 0.9 s with the cache). Another user's runs (own volume) do not
+    (11 s for one image here, 0.8 s with the cache). Another user's runs (own volume) do not
     make it read-only."""
     one = ["--image-source", "images/img0001.jpg", "--weights-file", jobs(world)[0] / "best.keras"]
     other = subprocess.run([str(world["repo"] / "predict"), "--docker", *map(str, one)],
