@@ -102,6 +102,10 @@ def test_plan_train_resume_mounts_the_recorded_init_model(inputs, tmp_path):
     assert spec.binds[str(init)]["mode"] == "ro"  # at the path job.json names, in the container
     with pytest.raises(LaunchError, match="--init-model starts a new job"):
         launch.plan_train(*_args("train", "--resume", str(job), "--init-model", str(init)))
+    # A new config (say, more epochs) was silently ignored by --resume.
+    with pytest.raises(LaunchError, match="--resume continues a job with the config.json and "
+                       "samples.json in its directory: --config-file does not go with it"):
+        launch.plan_train(*_args("train", "--resume", str(job), "--config-file", str(init)))
 
 
 @pytest.mark.parametrize("broken, message", [
@@ -129,6 +133,44 @@ def test_plan_train_rejects_non_empty_job_dir_and_non_job_resume(inputs, tmp_pat
         launch.plan_train(a, rest)
     with pytest.raises(LaunchError, match="not a training job directory"):
         launch.plan_train(*_args("train", "--resume", str(images)))
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path):
+    """A folder no one can create anything in: a read-only bind mount as root, else chmod."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.getuid() != 0:
+        ro.chmod(0o555)
+        yield ro
+        ro.chmod(0o755)
+        return
+    r = subprocess.run(f"mount --bind '{ro}' '{ro}' && mount -o remount,ro,bind '{ro}'",
+                       shell=True, capture_output=True)
+    if r.returncode != 0:
+        subprocess.run(["umount", str(ro)], capture_output=True)
+        pytest.skip(f"cannot make a read-only mount here: {r.stderr.decode().strip()}")
+    yield ro
+    subprocess.run(["umount", "-l", str(ro)], check=True)  # -l: a test may still be in it
+
+
+def test_plan_train_rejects_a_job_dir_it_cannot_create(inputs, tmp_path, monkeypatch,
+                                                       read_only_dir):
+    """Before the image build and the container, not as a traceback from mkdir after them."""
+    samples, images, config = inputs
+    args = ("train", "--config-file", str(config), "--samples-file", str(samples),
+            "--image-dir", str(images))
+    with pytest.raises(LaunchError, match=f"cannot create job directory {read_only_dir}/job/x: "
+                       f"{read_only_dir} is not writable"):
+        launch.plan_train(*_args(*args, "--job-dir", str(read_only_dir / "job" / "x")))
+    monkeypatch.chdir(read_only_dir)  # the default train_jobs/<timestamp> lands here
+    with pytest.raises(LaunchError, match="cannot create job directory train_jobs/"):
+        launch.plan_train(*_args(*args))
+    with pytest.raises(LaunchError, match="cannot create job directory"):
+        launch.make_job_dir(read_only_dir / "job")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(LaunchError, match="job directory is a file"):
+        launch.plan_train(*_args(*args, "--job-dir", str(tmp_path / "afile")))
 
 
 @pytest.mark.skipif(os.getuid() == 0, reason="root reads any directory")
@@ -200,12 +242,47 @@ def test_plan_predict_mounts_what_nima_reads_beside_a_model_file(inputs, tmp_pat
     assert all(b["mode"] == "ro" for b in spec.binds.values())
 
 
+def test_binds_become_mounts_that_allow_a_colon_in_a_path():
+    pytest.importorskip("docker")
+    got = launch.mounts({"/data/shots 10:15": {"bind": "/host/data/shots 10:15", "mode": "ro"},
+                         "/data/job": {"bind": "/host/data/job", "mode": "rw"},
+                         "nima-cache-1000": {"bind": "/home/nima/.cache", "mode": "rw"}})
+    assert [(m["Type"], m["Source"], m["Target"], m["ReadOnly"]) for m in got] == [
+        ("bind", "/data/shots 10:15", "/host/data/shots 10:15", True),
+        ("bind", "/data/job", "/host/data/job", False),
+        ("volume", "nima-cache-1000", "/home/nima/.cache", False)]
+
+
 def test_same_path_mounted_read_write_wins():
     spec = launch.RunSpec(command=[])
     spec.mount("/data/x", "ro")
     spec.mount("/data/x", "rw")
     spec.mount("/data/x", "ro")
     assert spec.binds == {"/data/x": {"bind": "/host/data/x", "mode": "rw"}}
+
+
+def test_gpu_image_for_gpu_configs_and_for_resuming_a_gpu_job(inputs, tmp_path):
+    """A job started with a *_gpu config resumes on the GPU image too (it went to the CPU image,
+    silently: config.json in the job dir has lost the _gpu name); --cpu overrides."""
+    samples, images, config = inputs
+    gpu_cfg = tmp_path / "config_aesthetic_gpu.json"
+    gpu_cfg.write_text(json.dumps({**tiny_config(), "mixed_precision": True}))
+    new = ("train", "--samples-file", str(samples), "--image-dir", str(images), "--config-file")
+    assert launch.gpu_reason(_args(*new, str(gpu_cfg))[0]) == (
+        "config_aesthetic_gpu.json is a *_gpu config")
+    assert launch.gpu_reason(_args(*new, str(config))[0]) is None
+    assert launch.gpu_reason(_args(*new, str(gpu_cfg), "--cpu")[0]) is None
+    assert launch.gpu_reason(_args(*new, str(gpu_cfg), "--gpu")[0]) is None  # asked for
+    job = tmp_path / "train_jobs" / "20260101-000000"
+    job.mkdir(parents=True)
+    (job / "config.json").write_text(gpu_cfg.read_text())  # as nima train saves it
+    assert launch.gpu_reason(_args("train", "--resume", str(job))[0]) == (
+        f"{job / 'config.json'} sets mixed_precision (a GPU setting)")
+    assert launch.gpu_reason(_args("train", "--resume", str(job), "--cpu")[0]) is None
+    (job / "config.json").write_text(json.dumps(tiny_config()))
+    assert launch.gpu_reason(_args("train", "--resume", str(job))[0]) is None
+    with pytest.raises(SystemExit):  # argparse: not allowed with argument --gpu
+        _args("predict", "--gpu", "--cpu")
 
 
 def test_gpu_config_names_and_device_request():
@@ -270,3 +347,53 @@ def test_local_training_says_that_detach_needs_docker(tmp_path: Path):
     lines = r.stderr.strip().splitlines()
     assert "train-local: --detach needs Docker: training runs in the foreground" in lines
     assert r.returncode == 1 and lines[-1].startswith("nima train: error: ")
+
+
+@pytest.mark.parametrize("ssh_script, why", [
+    ("exec sleep 30", "(no answer within 4 s)"),  # a stopped VM, dropped packets
+    ('echo "ubuntu@gpu-vm: Permission denied (publickey)." >&2; exit 255',
+     "(ubuntu@gpu-vm: Permission denied (publickey).)"),
+])
+def test_train_remote_gives_up_on_an_ssh_host_that_does_not_answer(tmp_path, ssh_script, why):
+    """The SDK's ssh transport has no timeout: without a probe this waited for ever."""
+    pytest.importorskip("docker")
+    pytest.importorskip("paramiko")
+    (tmp_path / "ssh").write_text(f"#!/bin/sh\n{ssh_script}\n")
+    (tmp_path / "ssh").chmod(0o755)
+    code = ("from nima import remote\n"
+            "try: remote.connect('ssh://ubuntu@gpu-vm:2222', timeout=1)\n"
+            "except remote.LaunchError as e: print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert r.stdout.strip() == (f"no Docker engine answers at ssh://ubuntu@gpu-vm:2222 {why}; "
+                                "check that `ssh -p 2222 ubuntu@gpu-vm docker version` works")
+
+
+def test_cache_volumes_are_per_user():
+    """What one uid creates in a cache volume, another cannot extend: one set per user."""
+    assert launch.cache_volumes("4242:4242") == {
+        "nima-keras-cache-4242": {"bind": "/home/nima/.keras", "mode": "rw"},
+        "nima-cache-4242": {"bind": "/home/nima/.cache", "mode": "rw"}}
+    assert set(launch.cache_volumes("nima")) == {"nima-keras-cache-nima", "nima-cache-nima"}
+
+
+def test_train_remote_refuses_a_jobs_dir_it_cannot_write_before_connecting(inputs, tmp_path,
+                                                                           read_only_dir):
+    """Found after training, the job could not be copied back: a traceback from mkdir."""
+    samples, _, config = inputs
+    r = _run("train-remote", "--host", "ssh://ubuntu@gpu-vm", "--config-file", str(config),
+             "--samples-file", str(samples), "--image-dir", "/mnt/images", "--jobs-dir",
+             str(read_only_dir / "jobs"))
+    assert r.returncode == 1 and r.stderr.strip() == (
+        f"train-remote: error: cannot create jobs directory {read_only_dir / 'jobs'}: "
+        f"{read_only_dir} is not writable")
+
+
+def test_train_remote_refuses_new_job_options_with_resume(inputs):
+    """--resume JOB --config-file C ran the job's own config: C was silently ignored."""
+    _, _, config = inputs
+    r = _run("train-remote", "--host", "ssh://ubuntu@gpu-vm", "--resume", "20260101-000000",
+             "--config-file", str(config))
+    assert r.returncode == 1 and r.stderr.strip() == (
+        "train-remote: error: --config-file starts a new job; it does not go with --attach, "
+        "--fetch, --resume, --stop, --delete or --list")

@@ -44,17 +44,30 @@ except ImportError:  # the host may not have the SDK yet: see _bootstrap_sdk
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_ROOT = PurePosixPath("/host")
-KERAS_VOLUME = "nima-keras-cache"
-KERAS_HOME = "/home/nima/.keras"  # the image's KERAS_HOME (Dockerfile.*)
+# Named volumes that outlive the containers (paths as in Dockerfile.*), one set per user (the
+# folders a uid creates in them are its own: a shared volume filled by one uid is read-only
+# for the next): Keras' ImageNet weights, and ~/.cache, where nima keeps its TFLite
+# conversions and matplotlib its font list.
+CACHE_VOLUMES = {"nima-keras-cache": "/home/nima/.keras", "nima-cache": "/home/nima/.cache"}
+
+
+def cache_volumes(user: str) -> dict[str, dict[str, str]]:
+    """The cache volumes of `user` ("uid:gid" or a name) as docker SDK volume binds."""
+    who = re.sub(r"[^A-Za-z0-9_.-]", "_", user.split(":")[0])
+    return {f"{name}-{who}": {"bind": path, "mode": "rw"} for name, path in CACHE_VOLUMES.items()}
 FLAVORS = ("cpu", "gpu")
 PROGS = {"train": "train-local", "predict": "predict"}
 # Files that make up an image; their hash is part of its tag, so a code change rebuilds it.
 IMAGE_INPUTS = ("pyproject.toml", "README.md", "src", "models", ".dockerignore")
-EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+EXIT_ERROR, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 130, 141  # 141: 128 + SIGPIPE
 
 
 class LaunchError(NimaError):
     """The container could not be built, started or run (one sentence, shown to the user)."""
+
+
+class EngineLost(LaunchError):
+    """The engine went away while a container ran (which may run on without us)."""
 
 
 # --- host <-> container paths ------------------------------------------------------------------
@@ -124,6 +137,35 @@ def new_job_dir(root: Path = Path("train_jobs")) -> Path:
     return job
 
 
+def _check_new_job_dir(job: Path) -> Path:
+    """A job dir the launcher can create (or an empty one): checked before the image build."""
+    if job.exists() and not job.is_dir():
+        raise LaunchError(f"job directory is a file: {job}")
+    if job.exists() and any(job.iterdir()):
+        raise LaunchError(f"job directory is not empty: {job} (use --resume to continue it)")
+    return need_creatable(job, "job directory")
+
+
+def need_creatable(path: Path, what: str) -> Path:
+    """The nearest existing folder of `path` must take new files: a read-only disk or someone
+    else's folder is one line before the work starts, not a traceback after it."""
+    parent = Path(os.path.abspath(path))
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise LaunchError(f"cannot create {what} {path}: {parent} is not writable")
+    return path
+
+
+def make_job_dir(job: Path) -> None:
+    """Create the job dir as the user, just before its container starts (a bind mount of a
+    missing path would be created by the engine, owned by root)."""
+    try:
+        job.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LaunchError(f"cannot create job directory {job}: {e.strerror or e}") from None
+
+
 # --- argv: the launcher's own options plus the `nima` options that name paths --------------------
 
 def _parser(command: str) -> argparse.ArgumentParser:
@@ -137,7 +179,11 @@ def _parser(command: str) -> argparse.ArgumentParser:
                        "when no Docker engine answers")
     where.add_argument("--local", action="store_true",
                        help="run in the local Python environment (.venv), not in Docker")
-    p.add_argument("--gpu", action="store_true", help="use the GPU image and all GPUs")
+    device = p.add_mutually_exclusive_group()
+    device.add_argument("--gpu", action="store_true", help="use the GPU image and all GPUs "
+                        "(default for a *_gpu or mixed_precision config, and for resuming one)")
+    device.add_argument("--cpu", action="store_true", help="use the CPU image even for a *_gpu "
+                        "or mixed_precision config")
     p.add_argument("--rebuild", action="store_true", help="rebuild the image even if it exists")
     if command == "train":
         p.add_argument("--detach", action="store_true",
@@ -168,12 +214,32 @@ def _is_gpu_config(path: Path | None) -> bool:
     return path is not None and bool(re.search(r"_gpu\b|_gpu[._]", path.name))
 
 
+def gpu_reason(a: argparse.Namespace) -> str | None:
+    """Why a run without --gpu/--cpu gets the GPU image, or None. A resumed job's config is
+    its config.json (the name is lost): mixed_precision marks the GPU configs, so a GPU job
+    does not silently resume on a CPU."""
+    if a.gpu or a.cpu:
+        return None
+    config = getattr(a, "config_file", None)
+    if getattr(a, "resume", None) is not None:
+        config = a.resume / "config.json"
+    if config is None:
+        return None
+    if _is_gpu_config(config):
+        return f"{config.name} is a *_gpu config"
+    try:
+        settings = json.loads(config.read_text())
+    except (OSError, ValueError):  # reported later, by the checks or by nima itself
+        return None
+    if isinstance(settings, dict) and settings.get("mixed_precision") is True:
+        return f"{config} sets mixed_precision (a GPU setting)"
+    return None
+
+
 def plan_train(a: argparse.Namespace, rest: list[str]) -> tuple[RunSpec, Path]:
     """Check the inputs, choose the job dir, and map everything into the container.
 
-    The caller creates the job dir (`job.mkdir(parents=True, exist_ok=True)`) just before the
-    container starts, as the user: a bind mount of a missing path would be created by the
-    engine, owned by root.
+    The caller creates the job dir (`make_job_dir(job)`) just before the container starts.
     """
     spec = RunSpec(command=["train"])
     if a.resume:
@@ -182,6 +248,11 @@ def plan_train(a: argparse.Namespace, rest: list[str]) -> tuple[RunSpec, Path]:
             raise LaunchError(f"not a training job directory (no config.json/job.json): {job}")
         if a.init_model is not None:
             raise LaunchError("--init-model starts a new job; --resume continues one")
+        ignored = [f"--{n.replace('_', '-')}" for n in ("config_file", "samples_file", "job_dir")
+                   if getattr(a, n) is not None]
+        if ignored:  # they were silently ignored: e.g. a config with more epochs did nothing
+            raise LaunchError(f"--resume continues a job with the config.json and samples.json "
+                              f"in its directory: {', '.join(ignored)} does not go with it")
         try:
             meta = json.loads((job / "job.json").read_text())
             recorded = meta["image_dir"]
@@ -202,13 +273,7 @@ def plan_train(a: argparse.Namespace, rest: list[str]) -> tuple[RunSpec, Path]:
         config = _need_file(a.config_file, "config file")
         samples = _need_file(a.samples_file, "samples file")
         image_dir = _need_dir(a.image_dir, "image directory")
-        if a.job_dir:
-            job = a.job_dir
-            if job.exists() and any(job.iterdir()):
-                raise LaunchError(f"job directory is not empty: {job} "
-                                  "(use --resume to continue it)")
-        else:
-            job = new_job_dir()
+        job = _check_new_job_dir(a.job_dir or new_job_dir())
         spec.command += ["--config-file", spec.mount(config), "--samples-file", spec.mount(samples),
                          "--image-dir", spec.mount(image_dir), "--job-dir", spec.mount(job, "rw")]
         if a.init_model is not None:
@@ -355,6 +420,25 @@ def ensure_image(client: "docker.DockerClient", flavor: str, repo: Path = REPO,
     return tag
 
 
+def _refuse_busy_job(client: "docker.DockerClient", label: str, job: Path) -> None:
+    """Two trainers in one job dir overwrite each other's checkpoints (e.g. --resume of a job
+    that still runs detached): refuse while a container of this launcher writes to it."""
+    try:
+        busy = client.containers.list(filters={"label": f"nima.job-dir={label}"})
+    except docker.errors.DockerException:
+        return
+    if busy:
+        name, cli = busy[0].name, _docker_cli()
+        raise LaunchError(f"job directory {job} is still being written by container {name} "
+                          f"(follow it: {cli} logs -f {name}; stop it: {cli} stop {name})")
+
+
+def _docker_cli() -> str:
+    """The docker command line that reaches the engine the launcher uses."""
+    host = os.environ.get("DOCKER_HOST")
+    return f"docker -H {host}" if host else "docker"
+
+
 def gpu_request() -> "docker.types.DeviceRequest":
     """All GPUs, like `docker run --gpus all`."""
     return docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])
@@ -381,6 +465,13 @@ def copy_stream(stream) -> None:
             sys.stderr.flush()
 
 
+def mounts(binds: dict[str, dict[str, str]]) -> list["docker.types.Mount"]:
+    """SDK-style binds ({host path or volume name: {bind, mode}}) as Mounts: a `-v` spec
+    (src:dst:mode) cannot hold a path with a colon, such as "photos 10:15"."""
+    return [docker.types.Mount(b["bind"], src, type="bind" if src.startswith("/") else "volume",
+                               read_only=b["mode"] == "ro") for src, b in binds.items()]
+
+
 def run_container(client: "docker.DockerClient", image: str, spec: RunSpec, gpu: bool = False,
                   network: str | None = None, detach: bool = False,
                   user: str | None = None) -> tuple[int, "docker.models.containers.Container"]:
@@ -391,9 +482,8 @@ def run_container(client: "docker.DockerClient", image: str, spec: RunSpec, gpu:
     stops it if it has not exited within 30 s. The container is removed unless detached.
     """
     uid_gid = user or f"{os.getuid()}:{os.getgid()}"
-    volumes = dict(spec.binds)
-    volumes[KERAS_VOLUME] = {"bind": KERAS_HOME, "mode": "rw"}
-    kwargs: dict = dict(image=image, command=spec.command, user=uid_gid, volumes=volumes,
+    kwargs: dict = dict(image=image, command=spec.command, user=uid_gid,
+                        mounts=mounts({**spec.binds, **cache_volumes(uid_gid)}),
                         name=spec.name, labels=spec.labels, detach=True, network_mode=network,
                         entrypoint=spec.entrypoint)
     if gpu:
@@ -413,7 +503,7 @@ def run_container(client: "docker.DockerClient", image: str, spec: RunSpec, gpu:
         msg = _one_line(e)
         if gpu and ("device driver" in msg or "nvidia" in msg.lower() or "gpu" in msg.lower()):
             raise LaunchError(f"the Docker engine cannot provide GPUs ({msg}): install the NVIDIA "
-                              "Container Toolkit on the host, or run without --gpu") from None
+                              "Container Toolkit on the host, or use --cpu") from None
         raise LaunchError(f"cannot start the container: {msg}") from None
     if stream is None:
         return 0, container
@@ -421,10 +511,13 @@ def run_container(client: "docker.DockerClient", image: str, spec: RunSpec, gpu:
         try:
             copy_stream(stream)
             code = container.wait()["StatusCode"]
-        except KeyboardInterrupt:
+            container.reload()
+        except (KeyboardInterrupt, BrokenPipeError):  # Ctrl-C, or `./predict | head` is done
             _interrupt(container)
             raise
-        container.reload()
+        except Exception as e:  # requests' ConnectionError ...: the engine restarted or died
+            raise EngineLost(f"lost the Docker engine while container {container.name} ran "
+                              f"({_one_line(e)}); it may still be running") from None
         message = _exit_message(code, container.attrs.get("State", {}))
         if message:
             print(message, file=sys.stderr)
@@ -432,7 +525,7 @@ def run_container(client: "docker.DockerClient", image: str, spec: RunSpec, gpu:
     finally:
         try:
             container.remove(force=True)
-        except docker.errors.DockerException:
+        except Exception:  # gone already, or no engine to ask
             pass
 
 
@@ -499,7 +592,7 @@ def launch(command: str, argv: Sequence[str]) -> int:
     prog = PROGS[command]
     a, rest = _parser(command).parse_known_args(argv)
     # What `nima` itself gets when run locally: everything but the launcher's own options.
-    own = {"--docker", "--local", "--gpu", "--rebuild", "--detach"}
+    own = {"--docker", "--local", "--gpu", "--cpu", "--rebuild", "--detach"}
     local_argv = [x for x in argv if x not in own]
 
     def local() -> NoReturn:
@@ -524,11 +617,17 @@ def launch(command: str, argv: Sequence[str]) -> int:
         print(f"{prog}: {e}: running `nima {command}` locally", file=sys.stderr)
         local()
 
-    gpu = a.gpu or _is_gpu_config(getattr(a, "config_file", None))
     if command == "train":
         spec, job = plan_train(a, rest)
     else:
         spec, job = plan_predict(a, rest), None
+    reason = gpu_reason(a)
+    gpu = a.gpu or reason is not None
+    if reason:
+        print(f"{prog}: {reason}: using the GPU image and all GPUs (--cpu to not)",
+              file=sys.stderr)
+    if job is not None:
+        _refuse_busy_job(client, spec.labels["nima.job-dir"], job)
     flavor = "gpu" if gpu else "cpu"
     tag = ensure_image(client, flavor, base_image=os.environ.get("NIMA_BASE_IMAGE"),
                        network=os.environ.get("NIMA_DOCKER_BUILD_NETWORK"), rebuild=a.rebuild,
@@ -536,20 +635,34 @@ def launch(command: str, argv: Sequence[str]) -> int:
     network = os.environ.get("NIMA_DOCKER_NETWORK")
     detach = bool(getattr(a, "detach", False))
     if job is not None:
-        job.mkdir(parents=True, exist_ok=True)
+        make_job_dir(job)
         print(f"{prog}: job directory {job} (container {spec.name}, image {tag})", file=sys.stderr)
     try:
         code, container = run_container(client, tag, spec, gpu=gpu, network=network,
                                         detach=detach)
+    except EngineLost as e:
+        raise LaunchError(f"{e}" + (f"; job directory kept: {job}" if job else "")) from None
+    except LaunchError:
+        if job is not None and not any(job.iterdir()):
+            job.rmdir()  # made a moment ago for a container that never started
+        raise
     except KeyboardInterrupt:
         print(f"{prog}: interrupted" + (f"; job directory kept: {job} (continue with "
               f"./train-local --resume {job})" if job else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of our stdout went away: stop quietly, as a command killed by SIGPIPE does
+        # (and keep Python from reporting the pipe again when it flushes stdout at exit).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if job is not None:
+            print(f"{prog}: output closed, training stopped; job directory kept: {job} "
+                  f"(continue with ./train-local --resume {job})", file=sys.stderr)
+        return EXIT_BROKEN_PIPE
     if detach:
-        host = f" -H {os.environ['DOCKER_HOST']}" if os.environ.get("DOCKER_HOST") else ""
+        cli = _docker_cli()
         print(f"training in container {container.name}; job directory {job}\n"
-              f"  follow: docker{host} logs -f {container.name}\n"
-              f"  stop:   docker{host} stop {container.name}   "
+              f"  follow: {cli} logs -f {container.name}\n"
+              f"  stop:   {cli} stop {container.name}   "
               f"(then ./train-local --resume {job})")
         return 0
     if code != 0 and job is not None:
@@ -575,9 +688,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _terminate(signum, frame) -> None:
-    raise KeyboardInterrupt  # `kill` of the launcher stops its container like Ctrl-C does
+    # `kill` of the launcher, or its terminal closing (SIGHUP), stops its container like Ctrl-C
+    # does, instead of leaving it running unwatched and never removed (--detach is for that).
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
     sys.exit(main())

@@ -24,12 +24,14 @@ import argparse
 import io
 import os
 import shutil
+import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
+from urllib.parse import urlsplit
 
 from nima import launch
 from nima.config import Config
@@ -74,16 +76,45 @@ def connect(host: str, timeout: float = 30) -> "docker.DockerClient":
         import paramiko  # noqa: F401  (the SDK needs it for ssh:// even when it runs `ssh`)
     except ImportError:
         raise LaunchError("ssh:// hosts need paramiko: pip install 'docker[ssh]'") from None
+    _probe(host, timeout)
     try:
         client = docker.DockerClient(base_url=host, use_ssh_client=True, timeout=int(timeout))
         client.ping()
     except Exception as e:
-        where, _, port = host[6:].partition(":")
-        raise LaunchError(f"no Docker engine answers at {host} ({_one_line(e)}); check that "
-                          f"`ssh {'-p ' + port + ' ' if port else ''}{where} docker version` "
-                          "works") from None
+        raise LaunchError(f"no Docker engine answers at {host} ({_one_line(e)}); "
+                          f"{_ssh_hint(host)}") from None
     client.api.timeout = None  # training may print nothing for a long time
     return client
+
+
+def _probe(host: str, timeout: float) -> None:
+    """Run `docker version` over ssh once, with a deadline. The SDK's ssh transport reads a
+    pipe and has no timeout of its own: a host that does not answer (a stopped VM, a
+    firewall dropping packets) would hang the launcher for minutes, or for ever."""
+    url = urlsplit(host)
+    ssh = ["ssh", "-o", f"ConnectTimeout={int(timeout)}"]
+    ssh += ["-l", url.username] if url.username else []
+    ssh += ["-p", str(url.port)] if url.port else []
+    cmd = [*ssh, "--", url.hostname or "", "docker version --format '{{.Server.Version}}'"]
+    hint = _ssh_hint(host)
+    try:
+        # ssh asks for a passphrase on the terminal (/dev/tty): hence the generous limit.
+        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=4 * timeout)
+    except subprocess.TimeoutExpired:
+        raise LaunchError(f"no Docker engine answers at {host} (no answer within "
+                          f"{int(4 * timeout)} s); {hint}") from None
+    except OSError as e:
+        raise LaunchError(f"cannot run ssh for {host}: {_one_line(e)}") from None
+    if r.returncode != 0:
+        why = (r.stderr.strip().splitlines() or [f"ssh exit {r.returncode}"])[-1]
+        raise LaunchError(f"no Docker engine answers at {host} ({why}); {hint}")
+
+
+def _ssh_hint(host: str) -> str:
+    url = urlsplit(host)
+    target = f"{url.username}@{url.hostname}" if url.username else url.hostname
+    return f"check that `ssh {f'-p {url.port} ' if url.port else ''}{target} docker version` works"
 
 
 # --- files in and out of the job volume --------------------------------------------------------
@@ -154,10 +185,11 @@ def fetch(client, job: str, dest_root: Path) -> Path:
         raise LaunchError(f"no job {job!r} on the remote machine (no volume "
                           f"{volume_name(job)})") from None
     image = (volume.attrs.get("Labels") or {}).get("nima.image", "")
-    helper = _helper(client, job, image)
-    dest_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{job}-", dir=dest_root))
+    tmp = helper = None
     try:
+        dest_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{job}-", dir=dest_root))
+        helper = _helper(client, job, image)
         stream, _ = helper.get_archive(f"{WORK}/job")
         with tarfile.open(fileobj=_ChunkReader(stream), mode="r|") as tar:
             for member in tar:
@@ -181,9 +213,14 @@ def fetch(client, job: str, dest_root: Path) -> Path:
         return dest
     except docker.errors.DockerException as e:
         raise LaunchError(f"cannot copy job {job} back: {_one_line(e)}") from None
+    except OSError as e:  # a full or read-only disk here
+        raise LaunchError(f"cannot copy job {job} back into {dest_root}: {e.strerror or e} "
+                          "(it stays on the remote machine: --fetch JOB --jobs-dir DIR)") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        helper.remove(force=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if helper is not None:
+            helper.remove(force=True)
 
 
 class _ChunkReader(io.RawIOBase):
@@ -342,10 +379,15 @@ def run(argv: Sequence[str]) -> int:
         if not a.image_dir.startswith("/"):
             raise LaunchError(f"--image-dir must be an absolute path on the remote machine, got "
                               f"{a.image_dir!r}")
-    elif a.init_model is not None:
-        raise LaunchError("--init-model starts a new job; it does not go with --attach, "
-                          "--fetch, --resume, --stop, --delete or --list")
+    else:
+        ignored = [f"--{n.replace('_', '-')}" for n in ("init_model", "config_file", "samples_file")
+                   if getattr(a, n) is not None]
+        if ignored:  # they would be silently ignored (a config with more epochs does nothing)
+            raise LaunchError(f"{', '.join(ignored)} starts a new job; it does not go with "
+                              "--attach, --fetch, --resume, --stop, --delete or --list")
     init = init_model_file(a.init_model) if a.init_model is not None else None
+    if not (a.list or a.stop or a.delete):  # these copy nothing back
+        launch.need_creatable(a.jobs_dir, "jobs directory")
     client = connect(a.host)
 
     if a.list:
