@@ -92,3 +92,50 @@ def test_resume_of_a_finished_job_changes_nothing(finished_job, caplog):
         assert main(["train", "--resume", str(job)]) == 0
     assert "finished all 1 epochs already: nothing to resume" in caplog.text
     assert {p: p.stat().st_mtime_ns for p in job.rglob("*") if p.is_file()} == before
+
+
+def test_resume_refuses_options_it_would_ignore(finished_job, capsys):
+    job = finished_job / "job"
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--resume", str(job), "--config-file", str(finished_job / "c.json")])
+    assert e.value.code == 2
+    assert ("nima train: error: --resume continues a job with the config.json and samples.json "
+            "in its directory: --config-file does not go with it") in capsys.readouterr().err
+
+
+def test_a_running_job_cannot_be_resumed_twice(finished_job, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    root = finished_job
+    config = tmp_path / "long.json"
+    config.write_text(json.dumps({**json.loads((root / "c.json").read_text()),
+                                  "epochs_train_dense": 500}))
+    job = tmp_path / "job"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "nima", "train", "--config-file", str(config), "--samples-file",
+         str(root / "s.json"), "--image-dir", str(root / "images"), "--job-dir", str(job)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not (job / "checkpoint" / "state.json").exists():  # training, lock held
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        second = subprocess.run([sys.executable, "-m", "nima", "train", "--resume", str(job)],
+                                capture_output=True, text=True, env=env, timeout=240)
+        assert second.returncode == 1
+        assert second.stderr.strip().splitlines()[-1] == (
+            f"nima train: error: job directory {job} is being trained by another process "
+            "(wait for it to end, or stop it first)")
+        assert first.poll() is None  # the first trainer was not disturbed
+    finally:
+        first.kill()
+        first.wait()
+    # Once the first is gone (here: killed), the lock is free for a resume.
+    import fcntl
+
+    with open(job / ".lock") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

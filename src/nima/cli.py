@@ -45,6 +45,11 @@ def _train(sub: argparse._SubParsersAction) -> None:
             raise UsageError(f"train needs {', '.join(missing)} (or --resume JOB_DIR)")
         if a.resume and a.init_model:
             raise UsageError("--init-model starts a new job; --resume continues one")
+        ignored = [f"--{n.replace('_', '-')}" for n in ("config_file", "samples_file", "job_dir")
+                   if getattr(a, n) is not None]
+        if a.resume and ignored:
+            raise UsageError("--resume continues a job with the config.json and samples.json in "
+                             f"its directory: {', '.join(ignored)} does not go with it")
         from nima.config import Config
 
         config = None if a.resume else Config.load(a.config_file)  # errors before TF's import

@@ -14,6 +14,7 @@ layer at a lower learning rate. Everything lands in a job directory:
       history.png                           loss curves, refreshed every epoch
       summary.json                          counts, best epoch, training time
       logs/                                 TensorBoard
+      .lock                                 held while a trainer runs: one trainer per job
 
 `nima train --resume JOB_DIR` continues a killed job from its last completed epoch, in the
 right phase, with the optimizer state it had.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import io
 import json
 import logging
@@ -96,7 +98,7 @@ def train(
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     })
-    with _scratch_cleanup(job):
+    with _holding(job):
         return _run(config, samples, image_dir, job, state=None, source=job,
                     init_model=init_model)
 
@@ -136,7 +138,7 @@ def resume(job_dir: str | Path, image_dir: str | Path | None = None) -> Path:
     job = source if is_chief() else worker_dir()
     # Killed before its first epoch ended, the job starts over from its initial weights.
     init_model = meta.get("init_model") if state is None else None
-    with _scratch_cleanup(job):
+    with _holding(job):
         return _run(config, samples, image_dir, job, state=state, source=source,
                     init_model=init_model)
 
@@ -531,13 +533,29 @@ def worker_dir() -> Path:
 
 
 @contextlib.contextmanager
-def _scratch_cleanup(job: Path):
-    """Remove a non-chief worker's temporary job folder when training ends."""
+def _holding(job: Path):
+    """While training: the chief holds a lock on its job dir, so a second trainer of the same
+    job (a `--resume` while it still runs, locally or in a container: bind mounts share the
+    lock) is refused instead of rotating checkpoints under the first. A non-chief worker's
+    scratch dir is removed at the end."""
+    if not is_chief():
+        try:
+            yield
+        finally:
+            if not os.environ.get("NIMA_WORKER_DIR"):
+                shutil.rmtree(job, ignore_errors=True)
+        return
+    fd = os.open(job / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise NimaError(f"job directory {job} is being trained by another process (wait for "
+                        "it to end, or stop it first)") from None
     try:
         yield
     finally:
-        if not is_chief() and not os.environ.get("NIMA_WORKER_DIR"):
-            shutil.rmtree(job, ignore_errors=True)
+        os.close(fd)
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
