@@ -218,6 +218,28 @@ def test_resume_after_sigkill(env, tmp_path):
     assert meta["scored_this_run"] == 600 - meta["resumed_from_partial"]
 
 
+@pytest.mark.parametrize("cut", [40, -1], ids=["mid-line", "only-newline-missing"])
+def test_resume_cuts_a_half_written_last_line(env, tmp_path, cut):
+    """A kill -9 in the middle of a line (the timed test above rarely hits one): resume drops
+    the half line, even one that lacks only its newline, keeps the complete ones and scores
+    the rest, each image once."""
+    from nima.predict import predict
+
+    _, models = env
+    folder = tmp_path / "img"
+    make_images(folder, 5)
+    full = tmp_path / "full.jsonl"
+    predict(folder, models["a"], predictions_file=full, fmt="jsonl", backend="tflite")
+    lines = full.read_text().splitlines(keepends=True)
+    out = tmp_path / "out.jsonl"
+    (tmp_path / "out.jsonl.partial").write_text("".join(lines[:2]) + lines[2][:cut])
+    assert predict(folder, models["a"], predictions_file=out, fmt="jsonl", backend="tflite",
+                   resume=True) == (5, 0)
+    assert sorted(load_results(out), key=lambda r: r["image"]) == load_results(full)
+    meta = json.loads((tmp_path / "out.jsonl.meta.json").read_text())
+    assert (meta["resumed_from_partial"], meta["scored_this_run"]) == (2, 3)
+
+
 def test_ensemble_averages_models_at_their_own_sizes(env, tmp_path):
     from nima import images
     from nima.predict import Predictor, predict
@@ -262,6 +284,14 @@ def test_normalize_minmax(env, tmp_path):
     meta = json.loads((tmp_path / "norm.json.meta.json").read_text())
     assert meta["normalization"]["range"] == [0.0, 100.0]
     assert meta["normalization"]["min"] == pytest.approx(raws.min(), abs=1e-5)
+    # One image (every mean equal): the middle of the range, not a division by zero.
+    (tmp_path / "one").mkdir()
+    (folder / "img0000.jpg").rename(tmp_path / "one" / "img0000.jpg")
+    predict(tmp_path / "one", models["a"], predictions_file=out2, backend="tflite",
+            normalize="minmax", norm_range=(0.0, 100.0))
+    [only] = json.loads(out2.read_text())
+    assert only["mean_score_prediction"] == 50.0
+    assert only["mean_score_raw"] == pytest.approx(raw["img0000.jpg"], abs=1e-4)
 
 
 def test_cli_errors_are_one_line(env, tmp_path):
