@@ -294,15 +294,23 @@ def test_normalize_minmax(env, tmp_path):
     assert only["mean_score_raw"] == pytest.approx(raw["img0000.jpg"], abs=1e-4)
 
 
-def test_cli_errors_are_one_line(env, tmp_path):
+def test_cli_errors_are_one_line(env, tmp_path, capsys):
     from nima.cli import main
 
     _, models = env
     make_images(tmp_path / "img", 2)
     args = ["predict", "--image-source", str(tmp_path / "img"), "--model", str(models["a"])]
-    assert main([*args, "--num-shards", "2", "--shard-index", "2"]) == 1
-    assert main([*args, "--resume"]) == 1
-    assert main(["merge", str(tmp_path / "m.json"), str(tmp_path / "missing.json")]) == 1
+    for argv, message in (
+            ([*args, "--num-shards", "2", "--shard-index", "2"],
+             "nima predict: error: --shard-index must be in 0..1, not 2"),
+            ([*args, "--resume"], "nima predict: error: --resume needs --predictions-file "
+                                  "(the partial results live beside it)"),
+            (["merge", str(tmp_path / "m.json"), str(tmp_path / "missing.json")],
+             f"nima merge: error: part not found: {tmp_path / 'missing.json'}")):
+        assert main(argv) == 1
+        captured = capsys.readouterr()
+        assert captured.err.strip().splitlines() == [message] and captured.out == ""
+    assert not (tmp_path / "m.json").exists()
 
 
 @pytest.mark.parametrize("extra, message", [
