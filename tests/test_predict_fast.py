@@ -27,7 +27,8 @@ def env(tmp_path_factory):
     from nima.model import build_model
 
     root = tmp_path_factory.mktemp("fast")
-    os.environ["NIMA_CACHE_DIR"] = str(root / "cache")
+    previous = os.environ.get("NIMA_CACHE_DIR")
+    os.environ["NIMA_CACHE_DIR"] = str(root / "cache")  # a cache of this module's own
     models = {}
     for name, cfg in {"a": tiny_config(), "b": tiny_config(base_model_name="MobileNetV2",
                                                            base_model_args={"alpha": 0.35},
@@ -47,7 +48,10 @@ def env(tmp_path_factory):
         (d / "metadata.json").write_text(json.dumps({"description": f"model {name}"}))
         models[name] = d / "model.keras"
     yield root, models
-    os.environ.pop("NIMA_CACHE_DIR", None)
+    if previous is None:
+        os.environ.pop("NIMA_CACHE_DIR", None)
+    else:  # the session's (conftest.py): later modules must not write to ~/.cache either
+        os.environ["NIMA_CACHE_DIR"] = previous
 
 
 def real_images(directory: Path) -> Path:
