@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,17 +54,19 @@ def test_several_batches_give_the_plain_mean_of_their_statistics():
     assert len(model.trainable_weights) == 2  # still only the head, as before
 
 
-def test_cli_calibrates_a_saved_model(dataset, tmp_path: Path):
+def test_cli_calibrates_a_saved_model(dataset, tmp_path: Path, capsys):
+    from nima.cli import main
+
     samples, image_dir, config = dataset
     model = build_model(Config.load(config))
     model.save(tmp_path / "in.keras")
     out = tmp_path / "out.keras"
-    r = subprocess.run([sys.executable, "-m", "nima", "calibrate", "--model",
-                        str(tmp_path / "in.keras"), "--samples-file", str(samples),
-                        "--image-dir", str(image_dir), "--output-file", str(out),
-                        "--batches", "2", "--batch-size", "8"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert "from 2 batches" in r.stdout
+    code = main(["calibrate", "--model", str(tmp_path / "in.keras"), "--samples-file",
+                 str(samples), "--image-dir", str(image_dir), "--output-file", str(out),
+                 "--batches", "2", "--batch-size", "8"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "from 2 batches" in captured.out
     before = batchnorm_layers(load_model(tmp_path / "in.keras"))[0]
     after = batchnorm_layers(load_model(out))[0]
     assert np.allclose(before.moving_variance.numpy(), 1.0)

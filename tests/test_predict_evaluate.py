@@ -30,13 +30,24 @@ def nima(*args, cwd=None):
                           text=True, cwd=cwd, timeout=300)
 
 
-def test_predict_folder_json(tmp_path, model_file):
+def nima_main(capsys, *args) -> subprocess.CompletedProcess:
+    """`nima ARGS` through cli.main in this process: the same exit code, stdout and stderr,
+    without a new Python importing TensorFlow (about 5 s a call). The tests of a clean
+    stdout and of tracebacks run the real command (`nima` above)."""
+    from nima.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
+
+
+def test_predict_folder_json(tmp_path, model_file, capsys):
     src = tmp_path / "photos"
     make_images(src / "sub", 3)
     Image.new("RGBA", (20, 30), (10, 200, 30, 128)).save(src / "alpha.png")
     (src / "broken.jpg").write_text("not an image")
     out = tmp_path / "out" / "pred.json"
-    r = nima("predict", "--image-source", src, "--weights-file", model_file,
+    r = nima_main(capsys, "predict", "--image-source", src, "--weights-file", model_file,
              "--predictions-file", out)
     assert r.returncode == 3, r.stderr  # partial: one file failed
     assert r.stdout == ""
@@ -87,9 +98,9 @@ def test_predict_errors_are_one_line(tmp_path, model_file):
     assert r.returncode == 1 and "model not found" in r.stderr
 
 
-def test_empty_folder_gives_empty_array(tmp_path, model_file):
+def test_empty_folder_gives_empty_array(tmp_path, model_file, capsys):
     out = tmp_path / "p.json"
-    r = nima("predict", "--image-source", tmp_path, "--weights-file", model_file,
+    r = nima_main(capsys, "predict", "--image-source", tmp_path, "--weights-file", model_file,
              "--predictions-file", out)
     assert r.returncode == 0, r.stderr
     assert json.loads(out.read_text()) == []
@@ -116,9 +127,9 @@ def test_metrics_against_independent_computation():
     assert evaluate.metrics(y_true, y_true)["emd_r1"] == pytest.approx(0, abs=1e-12)
 
 
-def test_prior_baseline_on_real_ava_labels(tmp_path):
+def test_prior_baseline_on_real_ava_labels(tmp_path, capsys):
     out = tmp_path / "m.json"
-    r = nima("evaluate", "--samples-file", REPO / "data/AVA/ava_labels_test.json",
+    r = nima_main(capsys, "evaluate", "--samples-file", REPO / "data/AVA/ava_labels_test.json",
              "--baseline", "prior", "--output-file", out)
     assert r.returncode == 0, r.stderr
     m = json.loads(out.read_text())
@@ -130,7 +141,7 @@ def test_prior_baseline_on_real_ava_labels(tmp_path):
     assert "EMD (r=2)" in r.stdout
 
 
-def test_evaluate_model_on_images(tmp_path, tmp_path_factory):
+def test_evaluate_model_on_images(tmp_path, tmp_path_factory, capsys):
     """The metrics are those of the model's own scores for each image, paired with that
     image's label (a model whose scores vary, so a mis-paired label would show)."""
     from nima.images import load_image
@@ -141,7 +152,7 @@ def test_evaluate_model_on_images(tmp_path, tmp_path_factory):
     (tmp_path / "img" / "img0003.jpg").write_bytes(b"not a jpeg")  # fails to decode
     (tmp_path / "s.json").write_text(json.dumps(rows + [{"image_id": "gone", "label": [1] * 10}]))
     out, pred_file = tmp_path / "m.json", tmp_path / "p.json"
-    r = nima("evaluate", "--samples-file", tmp_path / "s.json", "--image-dir", tmp_path / "img",
+    r = nima_main(capsys, "evaluate", "--samples-file", tmp_path / "s.json", "--image-dir", tmp_path / "img",
              "--weights-file", model, "--output-file", out, "--predictions-file", pred_file,
              "--batch-size", "4")
     assert r.returncode == 0, r.stderr
