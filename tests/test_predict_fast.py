@@ -133,7 +133,7 @@ def test_shards_score_every_image_once_and_merge(env, tmp_path):
     assert got.keys() == want.keys()
     for k, r in want.items():
         if "error" in r:
-            assert "error" in got[k]
+            assert got[k] == r
         else:
             assert np.allclose(got[k]["predictions"], r["predictions"], atol=1e-6)
     assert json.loads((tmp_path / "merged.json.meta.json").read_text())["duplicates_dropped"] == 26
