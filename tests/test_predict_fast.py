@@ -75,11 +75,13 @@ def load_results(path: Path) -> list[dict]:
     return list(read_results(path))
 
 
-def test_tflite_equals_keras_on_real_images(env, tmp_path):
+def test_tflite_equals_keras_on_real_images(env, tmp_path, monkeypatch):
     from nima import images
-    from nima.predict import Predictor, runtime
+    from nima.predict import Predictor
 
     _, models = env
+    # A cache of its own: the module's shared one holds whatever earlier tests converted.
+    monkeypatch.setenv("NIMA_CACHE_DIR", str(tmp_path / "cache"))
     folder = real_images(tmp_path / "img")
     keras_p = Predictor.load(models["a"], backend="keras")
     lite_p = Predictor.load(models["a"], backend="tflite")
@@ -97,7 +99,7 @@ def test_tflite_equals_keras_on_real_images(env, tmp_path):
     assert [r["image"] for r in res] == [str(p.relative_to(folder)) for p in paths]
     assert np.abs(np.array([r["predictions"] for r in res]) - k).max() < 1e-4
     # The conversion is cached by the model file's hash: a second load reuses it.
-    cached = list(runtime.cache_dir().glob("*.tflite"))
+    cached = list((tmp_path / "cache" / "tflite").glob("*.tflite"))
     assert len(cached) == 1
     mtime = cached[0].stat().st_mtime_ns
     Predictor.load(models["a"], backend="tflite")
