@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def pytest_configure(config):
+    # `nima predict` caches TFLite conversions by model hash in ~/.cache/nima; every run of
+    # the suite makes new random models, so their conversions piled up there (about 1 MB
+    # each, run after run). Set before test modules are imported: some copy os.environ for
+    # their subprocesses at import.
+    config.nima_cache = tempfile.mkdtemp(prefix="nima-tests-cache-")
+    os.environ["NIMA_CACHE_DIR"] = config.nima_cache
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "nima_cache", ""), ignore_errors=True)
+
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -96,7 +96,10 @@ def test_single_path_and_list_of_paths(model, model_and_images, tmp_path):
     assert [r["image"] for r in listed] == [str(p) for p in
                                             (paths[0], paths[1], bad, tmp_path / "gone.jpg",
                                              paths[2])]
-    assert "error" in listed[2] and "error" in listed[3]
+    assert listed[2] == {"image_id": "broken", "image": str(bad),
+                         "error": f"not a recognised image file: {bad}"}
+    assert listed[3] == {"image_id": "gone", "image": str(tmp_path / "gone.jpg"),
+                         "error": f"file not found: {tmp_path / 'gone.jpg'}"}
     assert scores_only(listed[0]) == scores_only(single[0])
     expected = model.predictor.predict_arrays(images.load_image(paths[1], 32)[None])[0]
     assert scores_only(listed[1]) == result_fields(expected)
@@ -170,4 +173,4 @@ def test_augmented_averages_flip_and_crops(model, model_and_images):
     arr = np.asarray(Image.open(path).convert("RGB"))
     mixed = model.predict(images=[arr, path.parent / "missing.png"], augmented=True)
     assert mixed[0]["image_id"] == 0 and "predictions" in mixed[0]
-    assert "error" in mixed[1]
+    assert mixed[1]["error"] == f"file not found: {path.parent / 'missing.png'}"

@@ -69,11 +69,36 @@ def test_modes_become_what_a_viewer_shows(corpus):
     assert (images.load_image(d / "one_pixel.png", 32) == (10, 200, 30)).all()
 
 
-def test_decompression_bomb_refused_from_header_without_memory(tmp_path):
+@pytest.mark.parametrize("fmt", ["PNG", "GIF"])
+def test_transparent_pixels_are_white_in_every_mode(tmp_path, fmt):
+    """Gray+alpha (LA) and palette images with a transparent index, not only RGBA: left half
+    transparent, right half opaque dark gray (40)."""
+    from PIL import Image
+
+    alpha = np.zeros((8, 12), np.uint8)
+    alpha[:, 6:] = 255
+    palette = Image.new("P", (12, 8))
+    palette.putdata((alpha // 255).flatten().tolist())  # index 0 (transparent) or 1 (gray)
+    palette.putpalette([0, 0, 0, 40, 40, 40])
+    palette.save(tmp_path / f"P.{fmt}", transparency=0)
+    saved = ["P"]
+    if fmt == "PNG":  # GIF has no gray+alpha mode
+        Image.fromarray(np.dstack([np.full_like(alpha, 40), alpha])).save(tmp_path / "LA.PNG")
+        saved.append("LA")
+    for mode in saved:
+        arr = images.load_image(tmp_path / f"{mode}.{fmt}")
+        assert (arr[:, :6] == 255).all(), (mode, fmt)
+        assert (arr[:, 6:] == 40).all(), (mode, fmt)
+
+
+# 900 Mpx: past Pillow's own hard limit (2 x MAX_IMAGE_PIXELS); 150 Mpx: past our 100 Mpx
+# limit, where Pillow alone only warns and would decode it.
+@pytest.mark.parametrize("width, height", [(30000, 30000), (12500, 12000)])
+def test_decompression_bomb_refused_from_header_without_memory(tmp_path, width, height):
     import resource
 
     path = tmp_path / "bomb.png"
-    path.write_bytes(bomb_png(30000, 30000))
+    path.write_bytes(bomb_png(width, height))
     assert path.stat().st_size < 2000
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(ImageError, match="pixels, refused"):
@@ -81,7 +106,7 @@ def test_decompression_bomb_refused_from_header_without_memory(tmp_path):
     with pytest.raises(ImageError, match="pixels, refused"):
         images.check_image(path)
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    assert grown_mib < 100  # decoding would need 900 MB
+    assert grown_mib < 100  # decoding would need 150 or 900 MB
 
 
 def test_fifo_named_jpg_is_refused_not_opened(corpus):

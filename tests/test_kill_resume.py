@@ -27,7 +27,9 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 N_IMAGES, BATCH, VAL = 24, 8, 0.2
 N_TRAIN = N_IMAGES - round(N_IMAGES * VAL)
 STEPS = math.ceil(N_TRAIN / BATCH)
-LR, DECAY = 1e-3, 0.5
+# Each phase its own rate and decay: a phase run with the other's schedule shows too.
+LR = {"dense": 1e-3, "all": 4e-4}
+DECAY = {"dense": 0.5, "all": 0.25}
 
 # Runs `nima` but SIGKILLs itself right after the EpochRecorder has finished epoch K
 # (KILL_AFTER_EPOCH) or right after it has written file F (KILL_AFTER_WRITE, a file name):
@@ -76,8 +78,9 @@ def _job(tmp_path: Path, dense: int, all_: int) -> tuple[list[str], Path]:
     rows = make_images(tmp_path / "images", N_IMAGES)
     (tmp_path / "samples.json").write_text(json.dumps(rows))
     cfg = tiny_config(epochs_train_dense=dense, epochs_train_all=all_, batch_size=BATCH,
-                      validation_fraction=VAL, learning_rate_dense=LR, learning_rate_all=LR,
-                      decay_dense=DECAY, decay_all=DECAY, horizontal_flip=False)
+                      validation_fraction=VAL, learning_rate_dense=LR["dense"],
+                      learning_rate_all=LR["all"], decay_dense=DECAY["dense"],
+                      decay_all=DECAY["all"], horizontal_flip=False)
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     job = tmp_path / "job"
     args = ["train", "--config-file", str(tmp_path / "config.json"), "--samples-file",
@@ -118,7 +121,7 @@ def _resume_and_check(job: Path, dense: int, all_: int, killed: dict) -> None:
     assert history[:killed["epoch"]] == killed["history"]
     for row in history:  # the optimizer's step count, seen through the decayed rate
         k = row["epoch"] if row["phase"] == "dense" else row["epoch"] - dense
-        expected = LR / (1 + DECAY * STEPS * k)
+        expected = LR[row["phase"]] / (1 + DECAY[row["phase"]] * STEPS * k)
         assert math.isclose(row["learning_rate"], expected, rel_tol=1e-4), (row, expected)
     assert _iterations(_checkpoint_file(job)) == STEPS * (all_ if all_ else dense)
     # one checkpoint kept, no temp file left over from the kill

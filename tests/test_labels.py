@@ -68,6 +68,12 @@ def test_find_images_any_extension_and_case(tmp_path):
     assert missing == ["d", "zzz"]
     with pytest.raises(DataError, match="not found"):
         labels.find_images(samples, tmp_path / "nope")
+    # The case-folded match is only a fallback: an exact match wins, whichever sorts first.
+    (tmp_path / "Q.jpg").write_bytes(b"x")
+    (tmp_path / "q.png").write_bytes(b"x")
+    found, _ = labels.find_images(labels.parse_samples(
+        [{"image_id": i, "label": [1] * 10} for i in ("q", "Q", "q.png", "Q.JPG")]), tmp_path)
+    assert [p.name for _, p in found] == ["q.png", "Q.jpg", "q.png", "Q.jpg"]
 
 
 def test_ids_may_be_full_file_names(tmp_path):
@@ -90,6 +96,9 @@ def test_split_is_seeded_disjoint_and_complete():
     assert labels.split(items, 0.05, seed=3) == (train, val)
     assert labels.split(items, 0.05, seed=4)[1] != val
     assert labels.split(items, 0.0, seed=3) == (items, [])
+    # A small fraction still validates on one item; a large one still trains on one.
+    assert [len(part) for part in labels.split(items[:10], 0.01, seed=3)] == [9, 1]
+    assert [len(part) for part in labels.split(items[:3], 0.9, seed=3)] == [1, 2]
 
 
 def test_check_missing_threshold():

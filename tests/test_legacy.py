@@ -89,6 +89,16 @@ def run_nima(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+def nima_main(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`nima ARGS` through cli.main in this process: the same exit code and output without
+    a new Python importing TensorFlow (about 5 s a call); one test runs the real command."""
+    from nima.cli import main
+
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
+
+
 def test_file_has_the_keras2_layout(keras2_file):
     weights, model, _ = keras2_file
     with h5py.File(weights) as f:
@@ -130,12 +140,12 @@ def test_import_gives_the_original_networks_scores(keras2_file, tmp_path):
     np.testing.assert_allclose(got, expected, atol=5e-5)
 
 
-def test_predict_reads_keras2_weights_directly(keras2_file, tmp_path):
+def test_predict_reads_keras2_weights_directly(keras2_file, tmp_path, capsys):
     weights, model, config = keras2_file
     folder = tmp_path / "photos"
     make_images(folder, 5, size=(120, 160))
     out = tmp_path / "scores.json"
-    r = run_nima("predict", "--weights-file", str(weights), "--config-file", str(config),
+    r = nima_main(capsys, "predict", "--weights-file", str(weights), "--config-file", str(config),
                  "--image-source", str(folder), "--predictions-file", str(out),
                  "--backend", "keras")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -149,12 +159,12 @@ def test_predict_reads_keras2_weights_directly(keras2_file, tmp_path):
             float(np.dot(expected, np.arange(1, 11))), abs=5e-4)
 
 
-def test_default_mobilenet_by_name(tmp_path):
+def test_default_mobilenet_by_name(tmp_path, capsys):
     """`--base-model-name MobileNet`: idealo's released shape (alpha 1.0, 224 px)."""
     model = idealo_model(alpha=1.0, size=224, seed=2)
     weights = save_keras2_weights(model, tmp_path / "weights_mobilenet_aesthetic_0.07.hdf5")
     out = tmp_path / "aesthetic.keras"
-    r = run_nima("import-keras2", "--weights-file", str(weights), "--base-model-name",
+    r = nima_main(capsys, "import-keras2", "--weights-file", str(weights), "--base-model-name",
                  "MobileNet", "--output-file", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     pixels = np.random.default_rng(3).integers(0, 256, (2, 224, 224, 3)).astype(np.float32)
@@ -162,19 +172,19 @@ def test_default_mobilenet_by_name(tmp_path):
     np.testing.assert_allclose(got, idealo_scores(model, pixels), atol=5e-5)
 
 
-def test_wrong_base_is_one_clear_error(keras2_file, tmp_path):
+def test_wrong_base_is_one_clear_error(keras2_file, tmp_path, capsys):
     weights, _, _ = keras2_file
     config = tmp_path / "half.json"
     config.write_text(json.dumps({"base_model_name": "MobileNet", "input_size": SIZE,
                                   "base_model_args": {"alpha": 0.5}}))
-    r = run_nima("import-keras2", "--weights-file", str(weights), "--config-file", str(config),
+    r = nima_main(capsys, "import-keras2", "--weights-file", str(weights), "--config-file", str(config),
                  "--output-file", str(tmp_path / "x.keras"))
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1].startswith(
         f"nima import-keras2: error: {weights} does not fit MobileNet {{'alpha': 0.5}}: layer "
         "'conv1' has weights of shapes [(3, 3, 3, 8)], the model's 'conv1' [(3, 3, 3, 16)]")
     assert not (tmp_path / "x.keras").exists()
-    r = run_nima("import-keras2", "--weights-file", str(weights), "--base-model-name",
+    r = nima_main(capsys, "import-keras2", "--weights-file", str(weights), "--base-model-name",
                  "MobileNetV2", "--output-file", str(tmp_path / "x.keras"))
     assert r.returncode == 1 and "does not fit MobileNetV2: it has 55 layers with weights, the model 105" \
         in r.stderr, r.stderr[-1000:]

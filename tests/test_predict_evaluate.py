@@ -13,6 +13,7 @@ from nima.config import Config
 from nima.model import build_model
 
 from conftest import REPO, make_images
+from scoring_model import shared_scoring_model
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +30,24 @@ def nima(*args, cwd=None):
                           text=True, cwd=cwd, timeout=300)
 
 
-def test_predict_folder_json(tmp_path, model_file):
+def nima_main(capsys, *args) -> subprocess.CompletedProcess:
+    """`nima ARGS` through cli.main in this process: the same exit code, stdout and stderr,
+    without a new Python importing TensorFlow (about 5 s a call). The tests of a clean
+    stdout and of tracebacks run the real command (`nima` above)."""
+    from nima.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
+
+
+def test_predict_folder_json(tmp_path, model_file, capsys):
     src = tmp_path / "photos"
     make_images(src / "sub", 3)
     Image.new("RGBA", (20, 30), (10, 200, 30, 128)).save(src / "alpha.png")
     (src / "broken.jpg").write_text("not an image")
     out = tmp_path / "out" / "pred.json"
-    r = nima("predict", "--image-source", src, "--weights-file", model_file,
+    r = nima_main(capsys, "predict", "--image-source", src, "--weights-file", model_file,
              "--predictions-file", out)
     assert r.returncode == 3, r.stderr  # partial: one file failed
     assert r.stdout == ""
@@ -86,9 +98,9 @@ def test_predict_errors_are_one_line(tmp_path, model_file):
     assert r.returncode == 1 and "model not found" in r.stderr
 
 
-def test_empty_folder_gives_empty_array(tmp_path, model_file):
+def test_empty_folder_gives_empty_array(tmp_path, model_file, capsys):
     out = tmp_path / "p.json"
-    r = nima("predict", "--image-source", tmp_path, "--weights-file", model_file,
+    r = nima_main(capsys, "predict", "--image-source", tmp_path, "--weights-file", model_file,
              "--predictions-file", out)
     assert r.returncode == 0, r.stderr
     assert json.loads(out.read_text()) == []
@@ -99,19 +111,25 @@ def test_metrics_against_independent_computation():
     y_true = rng.dirichlet(np.ones(10) * 3, size=200)
     y_pred = 0.7 * y_true + 0.3 * rng.dirichlet(np.ones(10) * 3, size=200)
     m = evaluate.metrics(y_true, y_pred)
-    mt, mp = y_true @ np.arange(1, 11), y_pred @ np.arange(1, 11)
-    assert m["plcc_mean"] == pytest.approx(np.corrcoef(mt, mp)[0, 1])
+    bins = np.arange(1, 11)
+    mt, mp = y_true @ bins, y_pred @ bins
+    st, sp = [np.sqrt(y @ bins**2 - (y @ bins) ** 2) for y in (y_true, y_pred)]
     ranks = lambda a: np.argsort(np.argsort(a))
+    cdf_gap = np.abs(np.cumsum(y_true, 1) - np.cumsum(y_pred, 1))
+    assert m["n"] == 200
+    assert m["plcc_mean"] == pytest.approx(np.corrcoef(mt, mp)[0, 1])
     assert m["srcc_mean"] == pytest.approx(np.corrcoef(ranks(mt), ranks(mp))[0, 1])
+    assert m["srcc_sd"] == pytest.approx(np.corrcoef(ranks(st), ranks(sp))[0, 1])
     assert m["accuracy_at_5"] == pytest.approx(np.mean((mt > 5) == (mp > 5)))
     assert m["mae_mean"] == pytest.approx(np.mean(np.abs(mt - mp)))
-    assert m["emd_r2"] == pytest.approx(np.mean(scores.emd(y_true, y_pred, 2)))
+    assert m["emd_r1"] == pytest.approx(np.mean(cdf_gap.mean(axis=1)))
+    assert m["emd_r2"] == pytest.approx(np.mean(np.sqrt((cdf_gap ** 2).mean(axis=1))))
     assert evaluate.metrics(y_true, y_true)["emd_r1"] == pytest.approx(0, abs=1e-12)
 
 
-def test_prior_baseline_on_real_ava_labels(tmp_path):
+def test_prior_baseline_on_real_ava_labels(tmp_path, capsys):
     out = tmp_path / "m.json"
-    r = nima("evaluate", "--samples-file", REPO / "data/AVA/ava_labels_test.json",
+    r = nima_main(capsys, "evaluate", "--samples-file", REPO / "data/AVA/ava_labels_test.json",
              "--baseline", "prior", "--output-file", out)
     assert r.returncode == 0, r.stderr
     m = json.loads(out.read_text())
@@ -123,15 +141,35 @@ def test_prior_baseline_on_real_ava_labels(tmp_path):
     assert "EMD (r=2)" in r.stdout
 
 
-def test_evaluate_model_on_images(tmp_path, model_file):
-    rows = make_images(tmp_path / "img", 6)
+def test_evaluate_model_on_images(tmp_path, tmp_path_factory, capsys):
+    """The metrics are those of the model's own scores for each image, paired with that
+    image's label (a model whose scores vary, so a mis-paired label would show)."""
+    from nima.images import load_image
+    from nima.predict import Predictor
+
+    model, _ = shared_scoring_model(tmp_path_factory)
+    rows = make_images(tmp_path / "img", 9, size=(40, 56), seed=5)
+    (tmp_path / "img" / "img0003.jpg").write_bytes(b"not a jpeg")  # fails to decode
     (tmp_path / "s.json").write_text(json.dumps(rows + [{"image_id": "gone", "label": [1] * 10}]))
-    out = tmp_path / "m.json"
-    r = nima("evaluate", "--samples-file", tmp_path / "s.json", "--image-dir", tmp_path / "img",
-             "--weights-file", model_file, "--output-file", out)
+    out, pred_file = tmp_path / "m.json", tmp_path / "p.json"
+    r = nima_main(capsys, "evaluate", "--samples-file", tmp_path / "s.json", "--image-dir", tmp_path / "img",
+             "--weights-file", model, "--output-file", out, "--predictions-file", pred_file,
+             "--batch-size", "4")
     assert r.returncode == 0, r.stderr
     m = json.loads(out.read_text())
-    assert m["n"] == 6 and m["n_skipped"] == 1
+    assert m["n"] == 8 and m["n_skipped"] == 2
+
+    good = [row for row in rows if row["image_id"] != "img0003"]
+    y_true = scores.normalize([row["label"] for row in good])
+    y_pred = Predictor.load(model).predict_arrays(
+        np.stack([load_image(tmp_path / "img" / f"{row['image_id']}.jpg", 32) for row in good]))
+    assert np.ptp(y_pred @ np.arange(1, 11)) > 0.05  # the model tells these images apart
+    for key, value in evaluate.metrics(y_true, y_pred).items():
+        assert m[key] == pytest.approx(value, abs=1e-5), key
+    written = json.loads(pred_file.read_text())
+    assert [w["image_id"] for w in written] == [row["image_id"] for row in good]
+    np.testing.assert_allclose([w["label"] for w in written], y_true, atol=1e-6)
+    np.testing.assert_allclose([w["predictions"] for w in written], y_pred, atol=1e-5)
 
 
 def test_evaluate_errors_are_one_line(tmp_path, model_file, capsys):

@@ -27,7 +27,8 @@ def env(tmp_path_factory):
     from nima.model import build_model
 
     root = tmp_path_factory.mktemp("fast")
-    os.environ["NIMA_CACHE_DIR"] = str(root / "cache")
+    previous = os.environ.get("NIMA_CACHE_DIR")
+    os.environ["NIMA_CACHE_DIR"] = str(root / "cache")  # a cache of this module's own
     models = {}
     for name, cfg in {"a": tiny_config(), "b": tiny_config(base_model_name="MobileNetV2",
                                                            base_model_args={"alpha": 0.35},
@@ -47,7 +48,10 @@ def env(tmp_path_factory):
         (d / "metadata.json").write_text(json.dumps({"description": f"model {name}"}))
         models[name] = d / "model.keras"
     yield root, models
-    os.environ.pop("NIMA_CACHE_DIR", None)
+    if previous is None:
+        os.environ.pop("NIMA_CACHE_DIR", None)
+    else:  # the session's (conftest.py): later modules must not write to ~/.cache either
+        os.environ["NIMA_CACHE_DIR"] = previous
 
 
 def real_images(directory: Path) -> Path:
@@ -71,11 +75,13 @@ def load_results(path: Path) -> list[dict]:
     return list(read_results(path))
 
 
-def test_tflite_equals_keras_on_real_images(env, tmp_path):
+def test_tflite_equals_keras_on_real_images(env, tmp_path, monkeypatch):
     from nima import images
-    from nima.predict import Predictor, runtime
+    from nima.predict import Predictor
 
     _, models = env
+    # A cache of its own: the module's shared one holds whatever earlier tests converted.
+    monkeypatch.setenv("NIMA_CACHE_DIR", str(tmp_path / "cache"))
     folder = real_images(tmp_path / "img")
     keras_p = Predictor.load(models["a"], backend="keras")
     lite_p = Predictor.load(models["a"], backend="tflite")
@@ -93,7 +99,7 @@ def test_tflite_equals_keras_on_real_images(env, tmp_path):
     assert [r["image"] for r in res] == [str(p.relative_to(folder)) for p in paths]
     assert np.abs(np.array([r["predictions"] for r in res]) - k).max() < 1e-4
     # The conversion is cached by the model file's hash: a second load reuses it.
-    cached = list(runtime.cache_dir().glob("*.tflite"))
+    cached = list((tmp_path / "cache" / "tflite").glob("*.tflite"))
     assert len(cached) == 1
     mtime = cached[0].stat().st_mtime_ns
     Predictor.load(models["a"], backend="tflite")
@@ -129,7 +135,7 @@ def test_shards_score_every_image_once_and_merge(env, tmp_path):
     assert got.keys() == want.keys()
     for k, r in want.items():
         if "error" in r:
-            assert "error" in got[k]
+            assert got[k] == r
         else:
             assert np.allclose(got[k]["predictions"], r["predictions"], atol=1e-6)
     assert json.loads((tmp_path / "merged.json.meta.json").read_text())["duplicates_dropped"] == 26
@@ -218,6 +224,28 @@ def test_resume_after_sigkill(env, tmp_path):
     assert meta["scored_this_run"] == 600 - meta["resumed_from_partial"]
 
 
+@pytest.mark.parametrize("cut", [40, -1], ids=["mid-line", "only-newline-missing"])
+def test_resume_cuts_a_half_written_last_line(env, tmp_path, cut):
+    """A kill -9 in the middle of a line (the timed test above rarely hits one): resume drops
+    the half line, even one that lacks only its newline, keeps the complete ones and scores
+    the rest, each image once."""
+    from nima.predict import predict
+
+    _, models = env
+    folder = tmp_path / "img"
+    make_images(folder, 5)
+    full = tmp_path / "full.jsonl"
+    predict(folder, models["a"], predictions_file=full, fmt="jsonl", backend="tflite")
+    lines = full.read_text().splitlines(keepends=True)
+    out = tmp_path / "out.jsonl"
+    (tmp_path / "out.jsonl.partial").write_text("".join(lines[:2]) + lines[2][:cut])
+    assert predict(folder, models["a"], predictions_file=out, fmt="jsonl", backend="tflite",
+                   resume=True) == (5, 0)
+    assert sorted(load_results(out), key=lambda r: r["image"]) == load_results(full)
+    meta = json.loads((tmp_path / "out.jsonl.meta.json").read_text())
+    assert (meta["resumed_from_partial"], meta["scored_this_run"]) == (2, 3)
+
+
 def test_ensemble_averages_models_at_their_own_sizes(env, tmp_path):
     from nima import images
     from nima.predict import Predictor, predict
@@ -262,17 +290,33 @@ def test_normalize_minmax(env, tmp_path):
     meta = json.loads((tmp_path / "norm.json.meta.json").read_text())
     assert meta["normalization"]["range"] == [0.0, 100.0]
     assert meta["normalization"]["min"] == pytest.approx(raws.min(), abs=1e-5)
+    # One image (every mean equal): the middle of the range, not a division by zero.
+    (tmp_path / "one").mkdir()
+    (folder / "img0000.jpg").rename(tmp_path / "one" / "img0000.jpg")
+    predict(tmp_path / "one", models["a"], predictions_file=out2, backend="tflite",
+            normalize="minmax", norm_range=(0.0, 100.0))
+    [only] = json.loads(out2.read_text())
+    assert only["mean_score_prediction"] == 50.0
+    assert only["mean_score_raw"] == pytest.approx(raw["img0000.jpg"], abs=1e-4)
 
 
-def test_cli_errors_are_one_line(env, tmp_path):
+def test_cli_errors_are_one_line(env, tmp_path, capsys):
     from nima.cli import main
 
     _, models = env
     make_images(tmp_path / "img", 2)
     args = ["predict", "--image-source", str(tmp_path / "img"), "--model", str(models["a"])]
-    assert main([*args, "--num-shards", "2", "--shard-index", "2"]) == 1
-    assert main([*args, "--resume"]) == 1
-    assert main(["merge", str(tmp_path / "m.json"), str(tmp_path / "missing.json")]) == 1
+    for argv, message in (
+            ([*args, "--num-shards", "2", "--shard-index", "2"],
+             "nima predict: error: --shard-index must be in 0..1, not 2"),
+            ([*args, "--resume"], "nima predict: error: --resume needs --predictions-file "
+                                  "(the partial results live beside it)"),
+            (["merge", str(tmp_path / "m.json"), str(tmp_path / "missing.json")],
+             f"nima merge: error: part not found: {tmp_path / 'missing.json'}")):
+        assert main(argv) == 1
+        captured = capsys.readouterr()
+        assert captured.err.strip().splitlines() == [message] and captured.out == ""
+    assert not (tmp_path / "m.json").exists()
 
 
 @pytest.mark.parametrize("extra, message", [

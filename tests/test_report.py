@@ -135,6 +135,42 @@ def test_evaluate_report_for_the_prior_baseline(tmp_path):
     _check_eval_report(out, json.loads((tmp_path / "m.json").read_text()))
 
 
+def test_evaluation_report_lists_the_largest_errors_with_their_images(tmp_path):
+    """The table holds the `worst` largest mean-score errors, largest first, each row with
+    its own image's values and thumbnail (a run of the real model scores too alike to show
+    a wrong order or a mixed-up row)."""
+    import re
+
+    from conftest import gaussian_label
+    from nima import evaluate, scores
+
+    rows = make_images(tmp_path / "images", 26, size=(30, 40), seed=4)
+    ids = [r["image_id"] for r in rows]
+    y_true = np.array([r["label"] for r in rows])
+    shift = np.random.default_rng(0).permutation(np.linspace(-3, 3, 26))  # distinct errors
+    y_pred = np.array([gaussian_label(float(np.clip(m + d, 1, 10)))
+                       for m, d in zip(scores.mean_score(y_true), shift)])
+    result = {"model": "m", **evaluate.metrics(y_true, y_pred)}
+    page = report.write_evaluation_report(tmp_path / "rep", ids, y_true, y_pred, result,
+                                          image_dir=tmp_path / "images").read_text()
+    table = page.split('<table id="worst">')[1]
+    found = re.findall(r'<tr><td><img src="(data:[^"]+)" alt="([^"]+)">([^<]+)</td>'
+                       r"<td>([-\d.]+)</td><td>([-\d.]+)</td><td>([-+\d.]+)</td>"
+                       r"<td>([\d.]+)</td></tr>", table)
+    m_true, m_pred = scores.mean_score(y_true), scores.mean_score(y_pred)
+    error = m_pred - m_true
+    expected = sorted(range(26), key=lambda i: -abs(error[i]))[:20]
+    assert [f[2] for f in found] == [ids[i] for i in expected]
+    emd = scores.emd(y_true, y_pred)
+    for (uri, alt, image_id, t, p, err, e), i in zip(found, expected):
+        assert alt == image_id
+        assert (float(t), float(p), float(err), float(e)) == pytest.approx(
+            (m_true[i], m_pred[i], error[i], emd[i]), abs=1e-3)
+        thumb = np.asarray(decode_data_uri(uri).convert("RGB"), float)
+        original = np.asarray(Image.open(tmp_path / "images" / f"{image_id}.jpg"), float)
+        assert abs(thumb.mean() - original.mean()) < 3, image_id
+
+
 def test_confusion_counts():
     t = np.array([2.0, 6.0, 7.0, 4.0, 5.0])
     p = np.array([6.0, 6.5, 3.0, 4.5, 5.5])
