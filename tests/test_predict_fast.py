@@ -246,6 +246,38 @@ def test_resume_cuts_a_half_written_last_line(env, tmp_path, cut):
     assert (meta["resumed_from_partial"], meta["scored_this_run"]) == (2, 3)
 
 
+def test_resume_refuses_a_different_run(env, tmp_path):
+    """Partial results of one model (or folder, or shard) must not be completed by another."""
+    from nima.errors import NimaError
+    from nima.predict import predict, run_path
+
+    _, models = env
+    folder = tmp_path / "img"
+    make_images(folder, 5)
+    full = tmp_path / "full.jsonl"
+    predict(folder, models["a"], predictions_file=full, fmt="jsonl", backend="tflite")
+    assert not run_path(tmp_path / "full.jsonl.partial").exists()  # removed with the partial
+    lines = full.read_text().splitlines(keepends=True)
+    out = tmp_path / "out.jsonl"
+    partial = tmp_path / "out.jsonl.partial"
+    partial.write_text("".join(lines[:2]))
+    run_path(partial).write_text(json.dumps({
+        "image source": str(folder.resolve()), "models": [str(Path(models["a"]).resolve())],
+        "shard": "0 of 1"}))  # as the interrupted run with model a left it
+    with pytest.raises(NimaError, match=r"--resume: .*out.jsonl.partial was made with models "
+                       r"\[.*\], this run has \[.*\]; give the same arguments"):
+        predict(folder, models["b"], predictions_file=out, fmt="jsonl", backend="tflite",
+                resume=True)
+    with pytest.raises(NimaError, match="was made with shard 0 of 1, this run has 1 of 2"):
+        predict(folder, models["a"], predictions_file=out, fmt="jsonl", backend="tflite",
+                resume=True, num_shards=2, shard_index=1)
+    assert partial.read_text() == "".join(lines[:2])  # nothing lost
+    assert predict(folder, models["a"], predictions_file=out, fmt="jsonl", backend="tflite",
+                   resume=True) == (5, 0)
+    assert sorted(load_results(out), key=lambda r: r["image"]) == load_results(full)
+    assert not partial.exists() and not run_path(partial).exists()
+
+
 def test_ensemble_averages_models_at_their_own_sizes(env, tmp_path):
     from nima import images
     from nima.predict import Predictor, predict

@@ -556,6 +556,23 @@ def meta_path(predictions_file: Path) -> Path:
     return predictions_file.with_name(predictions_file.name + META_SUFFIX)
 
 
+def run_path(partial: Path) -> Path:
+    """What made a partial file: --resume continues only the same run."""
+    return partial.with_name(partial.name + ".run.json")
+
+
+def _check_same_run(partial: Path, run: dict) -> None:
+    try:
+        earlier = json.loads(run_path(partial).read_text())
+    except (OSError, ValueError):
+        return  # a partial file from before run records were kept: nothing to compare
+    changed = [k for k in run if k in earlier and earlier[k] != run[k]]
+    if changed:
+        k = changed[0]
+        raise NimaError(f"--resume: {partial} was made with {k} {earlier[k]}, this run has "
+                        f"{run[k]}; give the same arguments, or drop --resume to start over")
+
+
 def _read_partial(path: Path) -> tuple[set[str], int, int]:
     """Scored images of an interrupted run; cuts a half-written last line (kill -9) off."""
     done: set[str] = set()
@@ -691,10 +708,15 @@ def predict(
     except OSError as e:
         raise files.WriteError(f"cannot write {partial}: {e.strerror or e}") from None
     resumed = new = 0
+    # Mixing the results of two different runs in one file would be silent corruption.
+    run = {"image source": str(source.resolve()),
+           "models": [str(Path(p.info["model"]).resolve()) for p in predictors],
+           "shard": f"{shard_index} of {num_shards}"}
     try:
         with out:  # the lock lives as long as this file stays open, until the partial is gone
             _lock(out, partial)
             if resume and out.seek(0, os.SEEK_END):
+                _check_same_run(partial, run)
                 done, resumed, _ = _read_partial(partial)
                 log.info("resuming: %d images already scored in %s", resumed, partial)
                 paths = (p for p in paths if _relative(p, root) not in done)
@@ -705,6 +727,8 @@ def predict(
             elif resume:
                 log.warning("nothing to resume: no partial results in %s; scoring every image",
                             partial)
+            if tmpdir is None:
+                files.write_json(run_path(partial), run)
             try:
                 buf = io.BytesIO()
                 for result in _progress(ensemble.score_files(paths, root, batch_size, workers)):
@@ -742,6 +766,7 @@ def predict(
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 })
                 partial.unlink()
+                run_path(partial).unlink(missing_ok=True)
     finally:
         if tmpdir is not None:
             tmpdir.cleanup()
