@@ -119,8 +119,12 @@ def test_predict_cli_on_full_disk(full_disk, tmp_path):
                        capture_output=True, text=True, env=ENV, timeout=300)
     leftovers = sorted(p.name for p in full_disk.iterdir())
     assert (full_disk / "results.json").read_text() == PREVIOUS
-    # The streamed partial results stay for --resume once space is freed; no temp file is left.
-    assert leftovers in (["filler", "results.json"], ["filler", "results.json", "results.json.partial"]), leftovers
+    # The streamed partial results stay for --resume once space is freed, with the record of
+    # the run that made them when there was room for it; no temp file is left.
+    assert leftovers in (["filler", "results.json"],
+                         ["filler", "results.json", "results.json.partial"],
+                         ["filler", "results.json", "results.json.partial",
+                          "results.json.partial.run.json"]), leftovers
     assert r.returncode == 1, r.stderr[-2000:]
     assert "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "nima predict: error: cannot write" in r.stderr and "disk full" in r.stderr

@@ -548,6 +548,20 @@ class Normalization:
 
 # --- the run ------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _closing_quietly(f: IO[bytes]) -> Iterator[IO[bytes]]:
+    """Close `f` at the end, ignoring a failed last flush: on a full disk it fails again after
+    the error that matters was raised, and the partial file keeps its whole lines either way
+    (a successful run flushes and syncs before it gets here)."""
+    try:
+        yield f
+    finally:
+        try:
+            f.close()
+        except OSError:
+            pass
+
+
 def partial_path(predictions_file: Path) -> Path:
     return predictions_file.with_name(predictions_file.name + PARTIAL_SUFFIX)
 
@@ -713,7 +727,7 @@ def predict(
            "models": [str(Path(p.info["model"]).resolve()) for p in predictors],
            "shard": f"{shard_index} of {num_shards}"}
     try:
-        with out:  # the lock lives as long as this file stays open, until the partial is gone
+        with _closing_quietly(out):  # the lock lives as long as this file stays open
             _lock(out, partial)
             if resume and out.seek(0, os.SEEK_END):
                 _check_same_run(partial, run)
