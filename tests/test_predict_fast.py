@@ -224,6 +224,17 @@ def test_resume_after_sigkill(env, tmp_path):
     assert meta["scored_this_run"] == 600 - meta["resumed_from_partial"]
 
 
+def _complete_run(model, tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """5 images scored in one uninterrupted run: (folder, full.jsonl, its lines)."""
+    from nima.predict import predict
+
+    folder = tmp_path / "img"
+    make_images(folder, 5)
+    full = tmp_path / "full.jsonl"
+    predict(folder, model, predictions_file=full, fmt="jsonl", backend="tflite")
+    return folder, full, full.read_text().splitlines(keepends=True)
+
+
 @pytest.mark.parametrize("cut", [40, -1], ids=["mid-line", "only-newline-missing"])
 def test_resume_cuts_a_half_written_last_line(env, tmp_path, cut):
     """A kill -9 in the middle of a line (the timed test above rarely hits one): resume drops
@@ -232,11 +243,7 @@ def test_resume_cuts_a_half_written_last_line(env, tmp_path, cut):
     from nima.predict import predict
 
     _, models = env
-    folder = tmp_path / "img"
-    make_images(folder, 5)
-    full = tmp_path / "full.jsonl"
-    predict(folder, models["a"], predictions_file=full, fmt="jsonl", backend="tflite")
-    lines = full.read_text().splitlines(keepends=True)
+    folder, full, lines = _complete_run(models["a"], tmp_path)
     out = tmp_path / "out.jsonl"
     (tmp_path / "out.jsonl.partial").write_text("".join(lines[:2]) + lines[2][:cut])
     assert predict(folder, models["a"], predictions_file=out, fmt="jsonl", backend="tflite",
@@ -252,12 +259,8 @@ def test_resume_refuses_a_different_run(env, tmp_path):
     from nima.predict import predict, run_path
 
     _, models = env
-    folder = tmp_path / "img"
-    make_images(folder, 5)
-    full = tmp_path / "full.jsonl"
-    predict(folder, models["a"], predictions_file=full, fmt="jsonl", backend="tflite")
+    folder, full, lines = _complete_run(models["a"], tmp_path)
     assert not run_path(tmp_path / "full.jsonl.partial").exists()  # removed with the partial
-    lines = full.read_text().splitlines(keepends=True)
     out = tmp_path / "out.jsonl"
     partial = tmp_path / "out.jsonl.partial"
     partial.write_text("".join(lines[:2]))

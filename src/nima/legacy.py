@@ -85,11 +85,11 @@ def load_keras2_weights(path: str | Path, config: Config):
     """This toolkit's model for `config`, with the weights of a Keras 2 NIMA file."""
     from nima.model import base_of, build_model
 
+    layers = read_layers(path)  # a missing or foreign file fails before the model is built
     model = build_model(config.replace(base_weights=None))
     base = base_of(model)
     targets = [layer for layer in base.layers if layer.weights]
     targets.append(model.get_layer("scores"))
-    layers = read_layers(path)
     where = f"{path} does not fit {config.base_model_name} {config.base_model_args or ''}".rstrip()
     if len(layers) != len(targets):
         raise ModelError(f"{where}: it has {len(layers)} layers with weights, the model "

@@ -135,7 +135,11 @@ def _helper(client, job: str, image: str, mounts: list | None = None):
 
 
 def init_model_file(path: Path) -> Path:
-    """The model file --init-model names: itself, or a job/model dir's best or last model."""
+    """The model file --init-model names: itself, or a job/model dir's best or last model.
+
+    The same rule as nima.predict.resolve_model_file, which the launcher cannot import (its
+    environment has the docker SDK, not NumPy or TensorFlow).
+    """
     if path.is_dir():
         for name in ("best.keras", "model.keras"):
             if (path / name).is_file():
