@@ -9,8 +9,8 @@ every distortion type, the pristine crop and its five levels are scored; then
 
 Targets (issue #4): mean Spearman <= -0.85 and pristine > level 5 in >= 95% of groups.
 
-    python bench/default_model.py --data build/default-model/distorted [--model models/default]
-        [--output-file models/default/ranking.json]
+    python bench/default_model.py --data build/default-model/distorted [--model models/technical]
+        [--output-file models/technical/ranking.json]
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, required=True, help="a `nima data distort` output folder")
-    ap.add_argument("--model", type=Path, default=None, help="default: models/default")
+    ap.add_argument("--model", type=Path, default=None, help="default: models/technical")
     ap.add_argument("--labels", default="labels_test.json", help="label file inside --data")
     ap.add_argument("--output-file", type=Path)
     a = ap.parse_args(argv)

@@ -78,7 +78,7 @@ def base_weights(model_file: Path) -> list[np.ndarray]:
 
 def finetune_config(**overrides) -> dict:
     """The shipped model's config, cut to one head-only epoch (its base stays as loaded)."""
-    cfg = json.loads((REPO / "models" / "default" / "config.json").read_text())
+    cfg = json.loads((REPO / "models" / "technical" / "config.json").read_text())
     cfg.update(epochs_train_dense=1, epochs_train_all=0, batch_size=8, **overrides)
     return cfg
 

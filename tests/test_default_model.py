@@ -1,4 +1,4 @@
-"""The shipped default model (models/default/) ranks damage the right way on photos it never saw.
+"""The shipped default model (models/technical/) ranks damage the right way on photos it never saw.
 
 The pristine README samples come from source photos held out of training; each is distorted
 here at level 5 (and level 2 for the ordering check) with the same functions that made the
@@ -27,10 +27,10 @@ def predictor() -> Predictor:
 
 
 def test_default_model_is_the_shipped_technical_model(predictor: Predictor):
-    assert default_model_path() == REPO / "models" / "default"
+    assert default_model_path() == REPO / "models" / "technical"
     assert predictor.info["task"] == "technical"
     assert predictor.input_size == json.loads(
-        (REPO / "models" / "default" / "config.json").read_text())["input_size"]
+        (REPO / "models" / "technical" / "config.json").read_text())["input_size"]
     # The held-out samples really were held out.
     held_out = set(predictor.info["held_out_photos"])
     assert {name.split(".")[0] for name in PRISTINE} <= held_out

@@ -1,7 +1,7 @@
 """The Python API: `nima.load()` returns a model that scores images in one call.
 
     import nima
-    model = nima.load()                          # the shipped default model (models/default)
+    model = nima.load()                          # the shipped default model (models/technical)
     model = nima.load("train_jobs/20260101-1200")  # a job dir, a .keras file, or a
                                                   # .weights.h5 file with config_file=...
     model.predict(images="photos/")               # a folder (recursive), a file, a list of

@@ -388,7 +388,7 @@ def _data_distort(dsub: argparse._SubParsersAction) -> None:
         description="From pristine photos, write random crops with Gaussian blur, Gaussian "
         "noise, JPEG compression and contrast/exposure change at 5 levels each, label files "
         "(mean score 8.5 pristine falling to 2.0 at level 5) split train/test by source photo, "
-        "and a manifest. See docs/default-model.md.")
+        "and a manifest. See docs/technical-model.md.")
     p.add_argument("--source", type=Path, required=True, help="folder of pristine photos")
     p.add_argument("--out", type=Path, required=True,
                    help="output folder: images/, labels_train.json, labels_test.json, "
@@ -419,7 +419,7 @@ def _calibrate(sub: argparse._SubParsersAction) -> None:
         description="Re-estimate every BatchNormalization's moving mean and variance as the "
         "average batch statistics over random training images, weights unchanged. Fixes "
         "models trained from random init whose inference-mode scores lag behind training "
-        "mode (see docs/default-model.md).")
+        "mode (see docs/technical-model.md).")
     p.add_argument("--model", type=Path, required=True, help="a .keras model")
     p.add_argument("--samples-file", type=Path, required=True, help="training label file")
     p.add_argument("--image-dir", type=Path, required=True,

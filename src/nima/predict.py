@@ -48,7 +48,7 @@ from nima.errors import DataError, ModelError, NimaError
 log = logging.getLogger(__name__)
 
 FORMATS = ("json", "jsonl", "csv")
-DEFAULT_MODEL_NAME = "default"
+DEFAULT_MODEL_NAME = "technical"
 NORMALIZE = ("minmax",)
 PARTIAL_SUFFIX = ".partial"
 META_SUFFIX = ".meta.json"

@@ -187,7 +187,7 @@ def test_predict_writes_json_and_prints_to_stdout(world):
     [one] = json.loads(r.stdout)
     [same] = [x for x in results if x["image_id"] == "img0003"]
     assert abs(one["mean_score_prediction"] - same["mean_score_prediction"]) < 1e-4
-    if (world["repo"] / "models" / "default").is_dir():
+    if (world["repo"] / "models" / "technical").is_dir():
         # No --weights-file: the shipped model copied into the image ($NIMA_MODELS_DIR).
         r = launch(world, "predict", "--image-source", "images/img0003.jpg")
         assert r.returncode == 0, r.stderr[-3000:]
@@ -537,7 +537,7 @@ def test_a_failed_image_build_is_one_line(world):
 def test_train_fine_tunes_the_shipped_model(world):
     """--init-model: the model file is mounted read-only; phase 1 keeps its base as it was."""
     w = world["work"]
-    shutil.copy(REPO / "models" / "default" / "model.keras", w / "default.keras")
+    shutil.copy(REPO / "models" / "technical" / "model.keras", w / "default.keras")
     (w / "finetune.json").write_text(json.dumps(finetune_config()))
     r = launch(world, "train-local", "--config-file", "finetune.json", "--samples-file",
                "samples.json", "--image-dir", "images", "--job-dir", "finetuned",

@@ -208,7 +208,7 @@ def test_bad_input_is_one_line(remote):
 def test_init_model_is_sent_to_the_remote(remote):
     local = remote["local"]
     (local / "finetune.json").write_text(json.dumps(finetune_config()))
-    init = REPO / "models" / "default"  # a model directory: its model.keras is sent
+    init = REPO / "models" / "technical"  # a model directory: its model.keras is sent
     r = train_remote(remote, "--config-file", "finetune.json", "--samples-file", "samples.json",
                      "--image-dir", remote["images"], "--init-model", init)
     assert r.returncode == 0, r.stderr[-3000:]

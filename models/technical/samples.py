@@ -6,7 +6,7 @@ centre crop, 288 pixels on its long side (near the model's 192-pixel input, so t
 reach it at about the scale it was trained on), saved as JPEG quality 95; the defects are
 level 4 of `nima data distort` (the 'jpeg' sample is saved at quality 7).
 
-    python models/default/samples.py SOURCES_DIR MANIFEST OUT_DIR
+    python models/technical/samples.py SOURCES_DIR MANIFEST OUT_DIR
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""Print models/default/metadata.json from a finished training job and its dataset manifest.
+"""Print models/technical/metadata.json from a finished training job and its dataset manifest.
 
 `nima predict` copies these fields into its model info (Predictor.load reads metadata.json
 beside the model).
 
-    python models/default/metadata.py JOB_DIR MANIFEST > models/default/metadata.json
+    python models/technical/metadata.py JOB_DIR MANIFEST > models/technical/metadata.json
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def main(argv: list[str]) -> int:
     versions = json.loads((job / "job.json").read_text())["versions"]
     held_out = [s["name"] for s in manifest["sources"] if s["split"] == "test"]
     meta = {
-        "name": "default",
+        "name": "technical",
         "task": "technical",
         "description": "technical quality (blur, noise, compression, exposure), not aesthetics",
         "base_model": config["base_model_name"],
@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
         "best_val_loss": summary.get("best_val_loss", summary.get("best")),
         "training_seconds": summary.get("training_seconds", summary.get("seconds")),
         "versions": versions,
-        "reproduce": "models/default/reproduce",
+        "reproduce": "models/technical/reproduce",
     }
     print(json.dumps(meta, indent=2))
     return 0

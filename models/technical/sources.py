@@ -8,7 +8,7 @@ PNG, downscaled so its short side is at most 768 pixels (which also hides the JP
 of the originals), together with OUT/sources.json: origin, author, licence and the SHA-256 of
 the original file, so a changed package version is noticed, not silently trained on.
 
-    python models/default/sources.py OUT [--cache DIR]
+    python models/technical/sources.py OUT [--cache DIR]
 
 Needs scikit-image (pip install scikit-image) and apt-get/dpkg-deb (Debian).
 """
