@@ -16,7 +16,8 @@ from scoring_model import shared_scoring_model
 tf = pytest.importorskip("tensorflow")
 
 from nima import cli, export, images  # noqa: E402
-from nima.predict import Predictor, result_fields  # noqa: E402
+from nima.predict import Predictor  # noqa: E402
+from nima.results import result_fields  # noqa: E402
 
 FP32_TOLERANCE = 1e-4
 RATINGS = np.arange(1, 11)

@@ -19,6 +19,9 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 13
 
 log = logging.getLogger("nima")
 
+MODEL_HELP = ("a shipped model's name (aesthetic, technical), a .keras model, a job or model "
+              "directory, or weights (.weights.h5, Keras 2 .hdf5) with --config-file")
+
 
 def _train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a NIMA model (two phases, EMD loss)",
@@ -66,9 +69,8 @@ def _train(sub: argparse._SubParsersAction) -> None:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights-file", "--model", dest="model", type=Path, metavar="MODEL",
-                   help="a .keras model, a job or model directory, or a .weights.h5 file "
-                   "(with --config-file); default: the shipped technical-quality model")
-    p.add_argument("--config-file", type=Path, help="training config for a .weights.h5 file")
+                   help=MODEL_HELP + "; default: aesthetic")
+    p.add_argument("--config-file", type=Path, help="training config for a weights file")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
 
 
@@ -82,10 +84,12 @@ def _predict(sub: argparse._SubParsersAction) -> None:
                    help="an image file, or a folder walked recursively")
     p.add_argument("--weights-file", "--model", dest="model", type=Path, metavar="MODEL",
                    action="append",
-                   help="a .keras model, a job or model directory, or a .weights.h5 file "
-                   "(with --config-file); repeat to average several models (an ensemble); "
-                   "default: the shipped technical-quality model")
-    p.add_argument("--config-file", type=Path, help="training config for a .weights.h5 file")
+                   help=MODEL_HELP + "; repeat to average several models (an ensemble); "
+                   "default: aesthetic (idealo's AVA model)")
+    p.add_argument("--also", type=Path, metavar="MODEL", action="append", default=[],
+                   help="also score with this model, as a separate score under \"scores\" "
+                   "(e.g. --also technical); each image is decoded once for all models")
+    p.add_argument("--config-file", type=Path, help="training config for a weights file")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
     p.add_argument("--predictions-file", type=Path,
                    help="write results here (atomically; partial results beside it in "
@@ -112,7 +116,8 @@ def _predict(sub: argparse._SubParsersAction) -> None:
 
         if a.predictions_file == Path("-"):
             a.predictions_file = None  # stdout, as without the option
-        _, failed = predict(a.image_source, a.model or None, config_file=a.config_file,
+        _, failed = predict(a.image_source, a.model or None, also=a.also,
+                            config_file=a.config_file,
                             predictions_file=a.predictions_file, fmt=a.format,
                             batch_size=a.batch_size, backend=a.backend,
                             num_shards=a.num_shards, shard_index=a.shard_index,
@@ -136,7 +141,7 @@ def _merge(sub: argparse._SubParsersAction) -> None:
                    help="format of OUT (default: from its suffix, else json)")
 
     def run(a: argparse.Namespace) -> int:
-        from nima.predict import merge
+        from nima.results import merge
 
         merge(a.output, a.parts, a.format)
         return EXIT_OK
@@ -420,7 +425,8 @@ def _calibrate(sub: argparse._SubParsersAction) -> None:
         "average batch statistics over random training images, weights unchanged. Fixes "
         "models trained from random init whose inference-mode scores lag behind training "
         "mode (see docs/technical-model.md).")
-    p.add_argument("--model", type=Path, required=True, help="a .keras model")
+    p.add_argument("--model", type=Path, required=True,
+                   help="a .keras model, a job or model directory, or a shipped model's name")
     p.add_argument("--samples-file", type=Path, required=True, help="training label file")
     p.add_argument("--image-dir", type=Path, required=True,
                    help="folder with <image_id>.<ext> files")
@@ -465,9 +471,8 @@ def _export(sub: argparse._SubParsersAction) -> None:
                        "Serving), serving_float and the other formats take float32 RGB 0..255 "
                        "at the model's input size. See docs/export.md.")
     p.add_argument("--weights-file", "--model", dest="model", type=Path, metavar="MODEL",
-                   help="a .keras model, a job or model directory, or a .weights.h5 file "
-                   "(with --config-file); default: the shipped model")
-    p.add_argument("--config-file", type=Path, help="training config for a .weights.h5 file")
+                   help=MODEL_HELP + "; default: aesthetic")
+    p.add_argument("--config-file", type=Path, help="training config for a weights file")
     p.add_argument("--format", choices=("savedmodel", "tflite", "onnx"), required=True,
                    help="savedmodel (a directory, for TF Serving), tflite or onnx (a file)")
     p.add_argument("--quantize", choices=("fp16", "int8"),
@@ -509,6 +514,10 @@ def _import_keras2(sub: argparse._SubParsersAction) -> None:
     how.add_argument("--config-file", type=Path,
                      help="a config naming the base model, its arguments and input size")
     p.add_argument("--output-file", type=Path, required=True, help="the .keras model to write")
+    p.add_argument("--resize", choices=("nearest", "bilinear"), default="nearest",
+                   help="how the model's input pixels are made, recorded in the model: "
+                   "nearest (default) is Keras 2 load_img's, what these models were trained "
+                   "on; bilinear only for a model trained on bilinear resizes")
 
     def run(a: argparse.Namespace) -> int:
         from nima import files, legacy
@@ -518,7 +527,7 @@ def _import_keras2(sub: argparse._SubParsersAction) -> None:
             raise UsageError("--output-file must end in .keras")
         config = (Config.load(a.config_file) if a.config_file
                   else Config(base_model_name=a.base_model_name))
-        model = legacy.load_keras2_weights(a.weights_file, config)
+        model = legacy.load_keras2_weights(a.weights_file, config.replace(resize_method=a.resize))
         files.save_keras(model, a.output_file)
         print(a.output_file)
         return EXIT_OK

@@ -107,7 +107,8 @@ def evaluate(
             log.warning("%d of %d images missing, evaluated without them", len(missing),
                         len(samples))
         ds = pipeline.eval_dataset([p for _, p in found], np.stack([s.label for s, _ in found]),
-                                   input_size=predictor.input_size, batch_size=batch_size)
+                                   input_size=predictor.input_size,
+                                   resize_method=predictor.ref.resize, batch_size=batch_size)
         trues, preds, ids, failed = [], [], [], []
         index = 0
         for batch, y, errors in ds.as_numpy_iterator():

@@ -9,7 +9,8 @@ Every artefact returns the same three outputs as `nima predict`, computed inside
 Inputs:
   - SavedModel `serving_default`: `image_bytes`, a batch of encoded images (tf.string: JPEG,
     PNG, GIF, BMP), decoded and resized in the graph the way `nima.images.load_image` does it
-    (see `decode_image`); what a TF Serving client sends as base64 in the REST API.
+    with the model's own resize, bilinear or nearest (see `decode_image`); what a TF Serving
+    client sends as base64 in the REST API.
   - SavedModel `serving_float`, TFLite and ONNX: `images`, float32 (N, size, size, 3) RGB
     0..255, already resized. The model's own preprocessing (e.g. MobileNet's [-1, 1] scaling)
     is inside the graph, so every format takes plain pixels.
@@ -36,7 +37,7 @@ import tensorflow as tf
 
 from nima import files, images
 from nima.errors import ImageError, NimaError
-from nima.model import model_input_size
+from nima.model import model_input_size, model_resize
 from nima.scores import N_BINS
 
 log = logging.getLogger(__name__)
@@ -128,18 +129,22 @@ def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
     ])
 
 
-def decode_image(data: tf.Tensor, size: int) -> tf.Tensor:
-    """Encoded image bytes -> float32 (size, size, 3) RGB 0..255, as `images.load_image`.
+def decode_image(data: tf.Tensor, size: int, resize: str = "bilinear") -> tf.Tensor:
+    """Encoded image bytes -> float32 (size, size, 3) RGB 0..255, as
+    `images.load_image(path, size, resize)`.
 
-    Reproduces the Pillow path pixel for pixel (tested): JPEGs are decoded at the DCT scale
-    (1/2, 1/4, 1/8) that Pillow's draft mode picks, with the accurate integer IDCT Pillow
-    uses, and turned by their EXIF orientation; alpha is composited on white; the resize is
-    Pillow's own BILINEAR arithmetic (`_pillow_bilinear`). Not mirrored: CMYK JPEGs, 16-bit
-    PNGs (TF's conversions differ slightly) and EXIF orientation outside JPEGs (rare).
+    Reproduces the Pillow path pixel for pixel (tested): for "bilinear", JPEGs are decoded at
+    the DCT scale (1/2, 1/4, 1/8) that Pillow's draft mode picks, for "nearest" in full, with
+    the accurate integer IDCT Pillow uses, and turned by their EXIF orientation; alpha is
+    composited on white; the resize is Pillow's own BILINEAR or NEAREST arithmetic
+    (`_pillow_bilinear`, `_pillow_nearest`). Not mirrored: CMYK JPEGs, 16-bit PNGs (TF's
+    conversions differ slightly) and EXIF orientation outside JPEGs (rare).
     """
+    images.check_resize(resize)
 
     def jpeg() -> tf.Tensor:
-        index = _draft_ratio_index(tf.io.extract_jpeg_shape(data), size)
+        index = (_draft_ratio_index(tf.io.extract_jpeg_shape(data), size)
+                 if resize == "bilinear" else tf.constant(0))
         image = tf.switch_case(index, [
             (lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r,
                                            dct_method="INTEGER_ACCURATE"))
@@ -158,7 +163,28 @@ def decode_image(data: tf.Tensor, size: int) -> tf.Tensor:
     is_png = tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n")
     image = tf.cond(tf.io.is_jpeg(data), jpeg, lambda: tf.cond(is_png, png, other))
     image.set_shape((None, None, 3))
-    return _pillow_bilinear(image, size)
+    return _pillow_bilinear(image, size) if resize == "bilinear" else _pillow_nearest(image, size)
+
+
+def _nearest_index(n: tf.Tensor, out_size: int) -> tf.Tensor:
+    """The source index of each output pixel in Pillow's NEAREST resize (ImagingScaleAffine):
+    a float64 position that starts at scale/2 and grows by `scale` per pixel, truncated. The
+    running sum (not (i + 0.5) * scale) matters: they differ in the last bit for some sizes."""
+    scale = tf.cast(n, tf.float64) / out_size
+    steps = tf.scan(lambda acc, _: acc + scale, tf.zeros([out_size - 1], tf.float64),
+                    initializer=scale * 0.5)
+    position = tf.concat([[scale * 0.5], steps], 0)
+    return tf.minimum(tf.cast(position, tf.int32), tf.cast(n, tf.int32) - 1)
+
+
+def _pillow_nearest(image: tf.Tensor, size: int) -> tf.Tensor:
+    """Pillow's `resize((size, size), NEAREST)` of a uint8 (H, W, 3) image, as float32."""
+    shape = tf.shape(image)
+    x = tf.gather(image, _nearest_index(shape[0], size), axis=0)
+    x = tf.gather(x, _nearest_index(shape[1], size), axis=1)
+    x = tf.cast(x, tf.float32)
+    x.set_shape((size, size, 3))
+    return x
 
 
 _PRECISION_BITS = 22  # Pillow's fixed-point precision for 8-bit resampling (Resample.c)
@@ -221,13 +247,13 @@ def _pillow_bilinear(image: tf.Tensor, size: int) -> tf.Tensor:
 
 def serving_functions(model) -> tuple[Callable, Callable, int]:
     """(from_bytes, from_floats, size): the two serving entry points of a NIMA model."""
-    size = model_input_size(model)
+    size, resize = model_input_size(model), model_resize(model)
 
     def from_floats(images: tf.Tensor) -> dict[str, tf.Tensor]:
         return score_outputs(tf.cast(model(images, training=False), tf.float32))
 
     def from_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        pixels = tf.map_fn(lambda b: decode_image(b, size), image_bytes,
+        pixels = tf.map_fn(lambda b: decode_image(b, size, resize), image_bytes,
                            fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32))
         return from_floats(pixels)
 
@@ -257,7 +283,8 @@ def export_savedmodel(model, output: str | Path) -> Path:
 
 
 def representative_images(source: str | Path | Sequence[str | Path], size: int,
-                          limit: int = MAX_REPRESENTATIVE_IMAGES) -> list[np.ndarray]:
+                          limit: int = MAX_REPRESENTATIVE_IMAGES,
+                          resize: str = "bilinear") -> list[np.ndarray]:
     """Up to `limit` decoded images (float32 (1, size, size, 3)) for int8 calibration."""
     paths: Iterable[Path]
     if isinstance(source, (str, Path)):
@@ -269,7 +296,7 @@ def representative_images(source: str | Path | Sequence[str | Path], size: int,
         if len(out) >= limit:
             break
         try:
-            out.append(images.load_image(path, size)[None].astype(np.float32))
+            out.append(images.load_image(path, size, resize)[None].astype(np.float32))
         except ImageError as e:
             log.warning("representative images: skipping %s", e)
     if not out:
@@ -392,7 +419,8 @@ def export(model, fmt: str, output: str | Path, quantize: str | None = None,
         return export_onnx(model, output, quantize)
     rep = None
     if representative_source is not None:
-        rep = representative_images(representative_source, model_input_size(model))
+        rep = representative_images(representative_source, model_input_size(model),
+                                    resize=model_resize(model))
         log.info("full int8 quantization calibrated on %d images", len(rep))
     return export_tflite(model, output, quantize, rep)
 

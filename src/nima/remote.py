@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Sequence
 from urllib.parse import urlsplit
 
-from nima import launch
+from nima import launch, resolve
 from nima.config import Config
-from nima.errors import ConfigError
+from nima.errors import ConfigError, ModelError
 from nima.launch import LaunchError, RunSpec, _one_line
 
 try:
@@ -135,19 +135,12 @@ def _helper(client, job: str, image: str, mounts: list | None = None):
 
 
 def init_model_file(path: Path) -> Path:
-    """The model file --init-model names: itself, or a job/model dir's best or last model.
-
-    The same rule as nima.predict.resolve_model_file, which the launcher cannot import (its
-    environment has the docker SDK, not NumPy or TensorFlow).
-    """
-    if path.is_dir():
-        for name in ("best.keras", "model.keras"):
-            if (path / name).is_file():
-                return path / name
-        raise LaunchError(f"no best.keras or model.keras in {path}")
-    if not path.is_file():
-        raise LaunchError(f"init model not found: {path}")
-    return path
+    """The model file --init-model names (nima.resolve's rule: a shipped model's name, a job
+    or model dir's best or last model, or the file itself); it is sent to the remote."""
+    try:
+        return resolve.model_file(path)[0]
+    except ModelError as e:
+        raise LaunchError(f"--init-model: {e}") from None
 
 
 def upload_inputs(client, job: str, image: str, config: Path, samples: Path,

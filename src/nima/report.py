@@ -32,7 +32,7 @@ from PIL import Image, ImageOps
 
 from nima import files, images, scores
 from nima.errors import DataError, ImageError, NimaError
-from nima.predict import read_results
+from nima.results import read_results
 
 log = logging.getLogger(__name__)
 

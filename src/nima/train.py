@@ -45,7 +45,7 @@ import tensorflow as tf
 from nima import files, images, labels, pipeline, plots
 from nima.config import Config
 from nima.errors import DataError, ImageError, ModelError, NimaError
-from nima.model import EMDLoss, build_model, input_size_for, set_base_trainable
+from nima.model import EMDLoss, build_model, set_base_trainable
 from nima.scores import N_BINS
 
 log = logging.getLogger(__name__)
@@ -250,9 +250,9 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
 
 
 def _init_model_file(source: str | Path) -> Path:
-    from nima.predict import resolve_model_file
+    from nima import resolve
 
-    path = resolve_model_file(source).resolve()  # a job or model dir -> its .keras file
+    path = resolve.model_file(source)[0].resolve()  # a name, job or model dir -> a file
     if path.name.endswith(".weights.h5"):
         raise ModelError(f"--init-model takes a .keras model, a job or model directory, or "
                          f"Keras 2 .hdf5 weights, not a .weights.h5 file: {path}")
@@ -262,7 +262,7 @@ def _init_model_file(source: str | Path) -> Path:
 def copy_weights(source: str | Path, config: Config, model: keras.Model) -> None:
     """Start `model` from the weights of the NIMA model in `source` (same base model)."""
     from nima import legacy
-    from nima.model import load_model
+    from nima.model import load_model, model_resize
 
     source = Path(source)
     if source.suffix == ".keras":
@@ -276,6 +276,11 @@ def copy_weights(source: str | Path, config: Config, model: keras.Model) -> None
         init = legacy.load_keras2_weights(source, config)
     else:
         raise ModelError(f"--init-model {source}: not a .keras model nor Keras 2 HDF5 weights")
+    theirs_resize = "nearest" if source.suffix != ".keras" else model_resize(init)
+    if theirs_resize != config.resize_method:
+        log.warning("--init-model %s was trained on %s-resized images, this config resizes "
+                    "with %s (set \"resize_method\": \"%s\" to keep what it learned on)",
+                    source, theirs_resize, config.resize_method, theirs_resize)
     ours, theirs = model.weights, init.weights
     mismatch = next(((a.path, tuple(a.shape), tuple(b.shape)) for a, b in zip(ours, theirs)
                      if tuple(a.shape) != tuple(b.shape)), None)
@@ -441,7 +446,7 @@ class Inputs:
 def distributed_datasets(strategy: tf.distribute.Strategy, config: Config,
                          train_set: list, val_set: list, global_batch: int) -> Inputs:
     """Training and validation inputs, sharded by worker, batched per replica."""
-    size = input_size_for(config)
+    size = config.model_input_size
     replicas = strategy.num_replicas_in_sync
     batch = config.batch_size
     # Every worker has the same number of replicas (tf.distribute requires it).
@@ -460,7 +465,7 @@ def distributed_datasets(strategy: tf.distribute.Strategy, config: Config,
         part = shard(train_set, ctx.num_input_pipelines, ctx.input_pipeline_id, equal=True)
         ds = pipeline.train_dataset(
             [p for _, p in part], np.stack([s.label for s, _ in part]),
-            input_size=size, resize_size=config.resize_size,
+            input_size=size, resize_size=config.resize_size, resize_method=config.resize_method,
             batch_size=ctx.get_per_replica_batch_size(global_batch),
             random_crop=config.random_crop, horizontal_flip=config.horizontal_flip,
             # Each worker shuffles and augments its own slice differently.
@@ -478,8 +483,8 @@ def distributed_datasets(strategy: tf.distribute.Strategy, config: Config,
             part = [part[i % len(part)] for i in range(val_steps * worker_step)]
         ds = pipeline.eval_dataset(
             [p for _, p in part], np.stack([s.label for s, _ in part]),
-            input_size=size, batch_size=ctx.get_per_replica_batch_size(global_batch),
-            weighted=True)
+            input_size=size, resize_method=config.resize_method,
+            batch_size=ctx.get_per_replica_batch_size(global_batch), weighted=True)
         # fit() keeps one validation iterator for all epochs: each epoch takes one pass.
         return ds if replicas == 1 else ds.repeat()
 
