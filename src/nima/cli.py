@@ -314,7 +314,7 @@ def _data_mos(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-root", metavar="PREFIX", help="folder prefix of the file's image "
                    "paths that ids are relative to (default: the folder all paths share; '' "
                    "keeps whole paths)")
-    p.add_argument("--test-fraction", type=float, default=0.2,
+    p.add_argument("--test-fraction", type=float, metavar="F",
                    help="with --out-dir: random test share of reference images (or images "
                    "without references), default 0.2")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
@@ -327,15 +327,18 @@ def _data_mos(sub: argparse._SubParsersAction) -> None:
     def run(a: argparse.Namespace) -> int:
         from nima.data import mos
 
-        if a.out and (a.test_ids or a.prefix or a.reference_pattern):
-            raise UsageError("--test-ids, --prefix and --reference-pattern need --out-dir")
+        split_flags = (a.test_ids, a.prefix, a.reference_pattern, a.test_fraction)
+        if a.out and any(f is not None for f in split_flags):
+            raise UsageError("--test-fraction, --test-ids, --prefix and --reference-pattern "
+                             "need --out-dir")
         columns = mos.Columns(image=a.image_column, mos=a.score_column, std=a.std_column,
                               n=a.n_column, reference=a.reference_column,
                               split=a.split_column, votes=tuple(a.vote_columns))
         r = mos.convert(a.csv_file, a.out, out_dir=a.out_dir, prefix=a.prefix,
                         scale=tuple(a.scale), method=a.method, min_n=a.min_n,
                         invert=a.invert, clip=a.clip, columns=columns,
-                        image_root=a.image_root, test_fraction=a.test_fraction, seed=a.seed,
+                        image_root=a.image_root, seed=a.seed,
+                        test_fraction=0.2 if a.test_fraction is None else a.test_fraction,
                         test_ids=a.test_ids, reference_pattern=a.reference_pattern)
         source = (f"vote counts {r.from_votes[0]}..{r.from_votes[-1]}" if r.from_votes
                   else f"scores on {a.scale[0]:g}..{a.scale[1]:g}"

@@ -502,6 +502,10 @@ def convert(csv_file: str | Path, out: str | Path | None = None, *,
             raise DataError(f"{path}: no rows left with n >= {min_n:g}")
     clipped = 0
     if table.votes:
+        if invert or method != "maxent":
+            log.warning("%s: the labels are the vote counts of %s..%s; --invert and --method "
+                        "apply to scores only and are ignored", path, table.vote_headers[0],
+                        table.vote_headers[-1])
         labels: list = vote_labels(table)
     else:
         dist, clipped = score_labels(table, path, scale, method, invert, clip)
