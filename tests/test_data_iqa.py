@@ -237,6 +237,12 @@ def test_column_flags_and_test_ids(tmp_path, capsys):
     assert run_mos(tmp_path / "s.csv", "--out", str(tmp_path / "w.json"), "--image-column",
                    "1", "--score-column", "2", "--scale", "1", "5", "--image-root", "") == 0
     assert [r["image_id"] for r in read(tmp_path / "w.json")] == ["sub/a", "sub/b", "sub/c"]
+    # absolute paths: the shared folder is the root
+    (tmp_path / "abs.csv").write_text("image,mos\n/data/spaq/1.jpg,3\n/data/spaq/x/2.jpg,4\n")
+    assert run_mos(tmp_path / "abs.csv", "--out", str(tmp_path / "a.json"), "--scale", "1",
+                   "5") == 0
+    assert "ids are relative to /data/spaq/ " in capsys.readouterr().out
+    assert [r["image_id"] for r in read(tmp_path / "a.json")] == ["1", "x/2"]
 
 
 @pytest.mark.parametrize("content, flags, message", [
@@ -256,7 +262,7 @@ def test_column_flags_and_test_ids(tmp_path, capsys):
      "m.csv:3: split 'dev' is not one of"),
     ("a/x.jpg,3\nb/../../y.jpg,4\n", [], "m.csv:2: .*plain file name"),
     ("a/x.jpg,3\nb/y.jpg,4\n", ["--image-root", "a"], r"m.csv:2: image b/y is not under "
-     "the image root 'a'"),
+     "the image root 'a/'"),
     ("a.jpg,3\n", ["--image-column", "image"], "m.csv:1: the file has no header"),
 ])
 def test_bad_input_is_one_line_with_file_and_row(tmp_path, capsys, monkeypatch, content, flags,

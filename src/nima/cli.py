@@ -347,7 +347,7 @@ def _data_mos(sub: argparse._SubParsersAction) -> None:
         extra += f"; {r.clipped} scores clipped to the scale" if r.clipped else ""
         print(f"{a.csv_file}: {r.rows} images ({source}){extra}")
         if r.image_root:
-            print(f"ids are relative to {r.image_root}/ (use that folder as --image-dir)")
+            print(f"ids are relative to {r.image_root} (use that folder as --image-dir)")
         if r.split:
             print(f"split: {r.split}")
         for part, (file, n) in r.files.items():

@@ -24,6 +24,7 @@ import csv
 import itertools
 import logging
 import math
+import os
 import random
 import re
 from array import array
@@ -34,7 +35,8 @@ from typing import Iterator
 import numpy as np
 
 from nima.data.distributions import maxent_distributions, normal_distributions, rescale
-from nima.data.labelfile import input_error, parse_number, read_lines, write_label_rows
+from nima.data.labelfile import (input_error, parse_number, read_lines, read_text,
+                                 write_label_rows)
 from nima.errors import DataError
 from nima.images import is_image_file
 from nima.labels import validate_image_id
@@ -102,15 +104,13 @@ class Columns:
 
 
 def _records(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """(line number, stripped fields) of every non-blank, non-comment record, streamed."""
+    """(line number, fields) of every non-blank, non-comment record, streamed (AVA's 19 MB
+    are never one string)."""
     try:
         f = path.open(encoding="utf-8-sig", newline="")
-    except FileNotFoundError:
-        raise DataError(f"MOS file not found: {path}") from None
-    except IsADirectoryError:
-        raise DataError(f"MOS file is a directory: {path}") from None
-    except OSError as e:
-        raise DataError(f"cannot read MOS file {path}: {e.strerror or e}") from None
+    except OSError:
+        read_text(path, "MOS file")  # fails the same way, in the words every data tool uses
+        raise
     skipped = 0
     try:
         with f:
@@ -314,33 +314,28 @@ def read_table(path: str | Path, columns: Columns = Columns()) -> Table:
 
 
 def image_ids(table: Table, path: Path, root: str | None = None) -> tuple[list[str], str]:
-    """Ids relative to the image root (default: the folder all paths share), and the root."""
+    """Ids relative to the image root, and the root as a prefix ('' or ending in '/').
+
+    The default root is the folder all paths share: `KonIQ-10k/1024x768/`, `LIVE/` (whose
+    jp2k/, fastfading/ ... subfolders stay in the ids), `/data/spaq/` for absolute paths.
+    """
     if root is None:
-        folders = {n.rsplit("/", 1)[0] if "/" in n else "" for n in table.names}
-        root = folders.pop() if len(folders) == 1 else _common_folder(folders)
-    root = root.replace("\\", "/").strip("/") if root not in ("", ".") else ""
-    prefix = root + "/" if root else ""
+        prefix = os.path.commonprefix([n[:n.rfind("/") + 1] for n in table.names])
+        prefix = prefix[:prefix.rfind("/") + 1]  # whole folder names only
+    else:
+        root = root.replace("\\", "/")
+        prefix = "" if root in ("", ".") else root if root.endswith("/") else root + "/"
     ids = []
     for name, lineno in zip(table.names, table.lines):
         if not name.startswith(prefix):
             raise input_error(path, lineno, f"image {name} is not under the image root "
-                              f"{root!r} (set --image-root)")
+                              f"{prefix!r} (set --image-root)")
         image_id = name[len(prefix):]
         why = validate_image_id(image_id)
         if why:
             raise input_error(path, lineno, why)
         ids.append(image_id)
-    return ids, root
-
-
-def _common_folder(folders: set[str]) -> str:
-    parts = [f.split("/") if f else [] for f in folders]
-    common = []
-    for level in zip(*parts):
-        if len(set(level)) != 1:
-            break
-        common.append(level[0])
-    return "/".join(common)
+    return ids, prefix
 
 
 def vote_spread(k: int) -> np.ndarray:
@@ -457,7 +452,7 @@ class MosResult:
     rows: int
     written: int
     dropped_min_n: int
-    image_root: str = ""
+    image_root: str = ""  # a prefix: '' or ending in '/'
     from_votes: tuple[str, ...] = ()  # the vote columns the labels came from, if any
     clipped: int = 0
     files: dict[str, tuple[Path, int]] = field(default_factory=dict)  # part -> (file, rows)
