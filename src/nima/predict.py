@@ -384,29 +384,35 @@ def _through_partial(run: Run, scorer: Scorer, started: float) -> tuple[int, int
                     "is unchanged" + (f", results so far are in {partial} (rerun with --resume)"
                                       if tmpdir is None else "")) from None
             if run.predictions_file is not None:
-                elapsed = time.time() - started
-                files.write_json(results.meta_path(run.predictions_file), {
-                    "predictions_file": str(run.predictions_file), "format": run.fmt,
-                    "image_source": str(run.source),
-                    "models": [p.info for p in predictors],
-                    "backend": [p.backend for p in predictors],
-                    "ensemble": ("mean of distributions"
-                                 if len(scorer.ensembles[0].predictors) > 1 else None),
-                    "scores": scorer.score_keys or None,
-                    "normalization": fitted,
-                    "shard": {"index": run.shard_index, "count": run.num_shards},
-                    "count": count, "failed": failed, "scored_this_run": new,
-                    "resumed_from_partial": resumed,
-                    "seconds": round(elapsed, 3),
-                    "images_per_second": round(new / elapsed, 2) if elapsed > 0 else None,
-                    "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                })
+                files.write_json(results.meta_path(run.predictions_file), _meta(
+                    run, scorer, fitted, count, failed, new, resumed, time.time() - started))
                 partial.unlink()
                 results.run_path(partial).unlink(missing_ok=True)
     finally:
         if tmpdir is not None:
             tmpdir.cleanup()
     return count, failed
+
+
+def _meta(run: Run, scorer: Scorer, fitted: dict | None, count: int, failed: int, new: int,
+          resumed: int, elapsed: float) -> dict:
+    """FILE.meta.json: what made the predictions file, and how fast."""
+    predictors = [p for e in scorer.ensembles for p in e.predictors]
+    return {
+        "predictions_file": str(run.predictions_file), "format": run.fmt,
+        "image_source": str(run.source),
+        "models": [p.info for p in predictors],
+        "backend": [p.backend for p in predictors],
+        "ensemble": "mean of distributions" if len(scorer.ensembles[0].predictors) > 1 else None,
+        "scores": scorer.score_keys or None,
+        "normalization": fitted,
+        "shard": {"index": run.shard_index, "count": run.num_shards},
+        "count": count, "failed": failed, "scored_this_run": new,
+        "resumed_from_partial": resumed,
+        "seconds": round(elapsed, 3),
+        "images_per_second": round(new / elapsed, 2) if elapsed > 0 else None,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def _start_partial(out, partial: Path, run: Run, record: dict,
