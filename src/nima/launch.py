@@ -99,7 +99,8 @@ def _parser(command: str) -> argparse.ArgumentParser:
     options.add_launcher_options(p, detach=command == "train")
     paths = [o for o in (options.TRAIN if command == "train" else options.PREDICT) if o.names]
     notes = {o.flag: MOUNT_NOTES[o.names] for o in paths}
-    notes["--config-file"] += "; a name with _gpu implies --gpu" if command == "train" else ""
+    if command == "train":
+        notes["--config-file"] += "; a name with _gpu implies --gpu"
     options.add_options(p, paths, notes, required=False)  # a missing one: see plan_*
     return p
 
