@@ -15,44 +15,23 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from nima import options
+from nima.options import UsageError
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 log = logging.getLogger("nima")
 
-MODEL_HELP = ("a shipped model's name (aesthetic, technical), a .keras model, a job or model "
-              "directory, or weights (.weights.h5, Keras 2 .hdf5) with --config-file")
 
 
 def _train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a NIMA model (two phases, EMD loss)",
                        description="Train a NIMA model: phase 1 trains the head on a frozen "
                        "base, phase 2 fine-tunes all layers. Results go to a job directory.")
-    p.add_argument("--config-file", type=Path, help="JSON config, e.g. "
-                   "models/MobileNet/config_aesthetic_cpu.json")
-    p.add_argument("--samples-file", type=Path, help="label JSON: "
-                   '[{"image_id": ..., "label": [10 numbers]}, ...]')
-    p.add_argument("--image-dir", type=Path, help="folder with <image_id>.<ext> files; with "
-                   "--resume, overrides the folder the job was started with")
-    p.add_argument("--job-dir", type=Path, help="output folder (default: train_jobs/<timestamp>)")
-    p.add_argument("--resume", type=Path, metavar="JOB_DIR",
-                   help="continue a stopped job from its last completed epoch")
-    p.add_argument("--init-model", type=Path, metavar="MODEL",
-                   help="fine-tune a trained NIMA model of the config's base model: a .keras "
-                   "model, a job or model directory, or Keras 2 .hdf5 weights (idealo's); "
-                   "replaces the config's base_weights")
+    options.add_options(p, options.TRAIN)
 
     def run(a: argparse.Namespace) -> int:
-        missing = [f"--{n.replace('_', '-')}" for n in ("config_file", "samples_file", "image_dir")
-                   if getattr(a, n) is None]
-        if missing and not a.resume:  # before importing TensorFlow: a usage error is instant
-            raise UsageError(f"train needs {', '.join(missing)} (or --resume JOB_DIR)")
-        if a.resume and a.init_model:
-            raise UsageError("--init-model starts a new job; --resume continues one")
-        ignored = [f"--{n.replace('_', '-')}" for n in ("config_file", "samples_file", "job_dir")
-                   if getattr(a, n) is not None]
-        if a.resume and ignored:
-            raise UsageError("--resume continues a job with the config.json and samples.json in "
-                             f"its directory: {', '.join(ignored)} does not go with it")
+        options.check_train(a)  # before importing TensorFlow: a usage error is instant
         from nima.config import Config
 
         config = None if a.resume else Config.load(a.config_file)  # errors before TF's import
@@ -69,7 +48,7 @@ def _train(sub: argparse._SubParsersAction) -> None:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights-file", "--model", dest="model", type=Path, metavar="MODEL",
-                   help=MODEL_HELP + "; default: aesthetic")
+                   help=options.MODEL_HELP + "; default: aesthetic")
     p.add_argument("--config-file", type=Path, help="training config for a weights file")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
 
@@ -80,36 +59,7 @@ def _predict(sub: argparse._SubParsersAction) -> None:
                        "distribution, mean and standard deviation. Exit code 3 if any image "
                        "could not be scored (each such image gets an 'error' entry). "
                        "See docs/predict.md.")
-    p.add_argument("--image-source", type=Path, required=True,
-                   help="an image file, or a folder walked recursively")
-    p.add_argument("--weights-file", "--model", dest="model", type=Path, metavar="MODEL",
-                   action="append",
-                   help=MODEL_HELP + "; repeat to average several models (an ensemble); "
-                   "default: aesthetic (idealo's AVA model)")
-    p.add_argument("--also", type=Path, metavar="MODEL", action="append", default=[],
-                   help="also score with this model, as a separate score under \"scores\" "
-                   "(e.g. --also technical); each image is decoded once for all models")
-    p.add_argument("--config-file", type=Path, help="training config for a weights file")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
-    p.add_argument("--predictions-file", type=Path,
-                   help="write results here (atomically; partial results beside it in "
-                   "FILE.partial while running; run metadata in FILE.meta.json); "
-                   "default or '-': stdout")
-    p.add_argument("--format", choices=("json", "jsonl", "csv"),
-                   help="JSON array, JSON lines or CSV (default: from the suffix of "
-                   "--predictions-file, .jsonl/.ndjson or .csv, else json)")
-    p.add_argument("--backend", choices=("auto", "keras", "tflite"), default="auto",
-                   help="auto (default): Keras on a GPU, TFLite/XNNPACK on CPU")
-    p.add_argument("--workers", type=int, help="decoding threads (default: all CPUs)")
-    p.add_argument("--num-shards", type=int, default=1,
-                   help="split the folder into N deterministic shards (by relative path)")
-    p.add_argument("--shard-index", type=int, default=0, help="which shard to score (0..N-1)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from FILE.partial")
-    p.add_argument("--normalize", choices=("minmax",),
-                   help="rescale this run's mean scores to --range (default 1 10)")
-    p.add_argument("--range", dest="norm_range", type=float, nargs=2, metavar=("LO", "HI"),
-                   help="target range of --normalize (default 1 10)")
+    options.add_options(p, options.PREDICT)
 
     def run(a: argparse.Namespace) -> int:
         from nima.predict import predict
@@ -525,7 +475,7 @@ def _export(sub: argparse._SubParsersAction) -> None:
                        "Serving), serving_float and the other formats take float32 RGB 0..255 "
                        "at the model's input size. See docs/export.md.")
     p.add_argument("--weights-file", "--model", dest="model", type=Path, metavar="MODEL",
-                   help=MODEL_HELP + "; default: aesthetic")
+                   help=options.MODEL_HELP + "; default: aesthetic")
     p.add_argument("--config-file", type=Path, help="training config for a weights file")
     p.add_argument("--format", choices=("savedmodel", "tflite", "onnx"), required=True,
                    help="savedmodel (a directory, for TF Serving), tflite or onnx (a file)")
@@ -594,10 +544,6 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_train, _predict
                                                                  _data, _report, _export,
                                                                  _calibrate, _merge,
                                                                  _import_keras2]
-
-
-class UsageError(Exception):
-    pass
 
 
 def build_parser() -> argparse.ArgumentParser:
