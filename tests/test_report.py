@@ -19,7 +19,8 @@ from conftest import make_images, tiny_config
 from PIL import Image
 from report_helpers import Page, decode_data_uri, external_urls, scored_folder, write_json
 
-from nima import cli, plots, report, results
+from nima import cli, plots, report
+from nima import results as result_files
 
 
 def png_ok(path: Path, min_size: tuple[int, int] = (200, 150)) -> np.ndarray:
@@ -299,7 +300,7 @@ def test_json_array_is_streamed_in_any_layout(tmp_path):
     assert list(report.read_predictions(one_line)) == json.loads(one_line.read_text())
     # Chunk boundaries anywhere inside an object: tiny chunks must give the same entries.
     with open(one_line, encoding="utf-8") as f:
-        assert list(results._json_array(f, one_line, chunk=7)) == results
+        assert list(result_files._json_array(f, one_line, chunk=7)) == results
 
 
 @pytest.mark.parametrize("content, message", [
@@ -339,12 +340,12 @@ def test_non_utf8_file_names_survive_every_format(tmp_path):
     name = os.fsdecode(b"caf\xe9.jpg")  # "caf\udce9.jpg"
     results[1] = dict(results[1], image=name, image_id=name[:-4])
     for fmt in ("csv", "jsonl"):
-        with results.ResultWriter(tmp_path / f"p.{fmt}", fmt) as writer:
+        with result_files.ResultWriter(tmp_path / f"p.{fmt}", fmt) as writer:
             for r in results:
                 writer.write(r)
     assert b"caf\xe9.jpg" in (tmp_path / "p.csv").read_bytes()
-    assert results.merge(tmp_path / "m.jsonl", [tmp_path / "p.csv"]) == (4, 1)
-    assert [r["image"] for r in results.read_results(tmp_path / "m.jsonl")] == \
+    assert result_files.merge(tmp_path / "m.jsonl", [tmp_path / "p.csv"]) == (4, 1)
+    assert [r["image"] for r in result_files.read_results(tmp_path / "m.jsonl")] == \
         [r["image"] for r in results]
     for fmt in ("csv", "jsonl"):
         out = tmp_path / f"g-{fmt}.html"
