@@ -27,11 +27,10 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Callable, NoReturn, Sequence
 
-from nima import __version__
+from nima import __version__, jobs
 from nima.errors import NimaError
 
 try:
@@ -129,21 +128,12 @@ def _need_dir(path: Path, what: str, writable: bool = False) -> Path:
 
 def new_job_dir(root: Path = Path("train_jobs")) -> Path:
     """A free train_jobs/<timestamp>, named like `nima train` names it (not created yet)."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    job, n = root / stamp, 1
-    while job.exists():
-        n += 1
-        job = root / f"{stamp}-{n}"
-    return job
+    return jobs.new_path(root)
 
 
 def _check_new_job_dir(job: Path) -> Path:
     """A job dir the launcher can create (or an empty one): checked before the image build."""
-    if job.exists() and not job.is_dir():
-        raise LaunchError(f"job directory is a file: {job}")
-    if job.exists() and any(job.iterdir()):
-        raise LaunchError(f"job directory is not empty: {job} (use --resume to continue it)")
-    return need_creatable(job, "job directory")
+    return need_creatable(jobs.check_new(job, LaunchError), "job directory")
 
 
 def need_creatable(path: Path, what: str) -> Path:
@@ -160,10 +150,7 @@ def need_creatable(path: Path, what: str) -> Path:
 def make_job_dir(job: Path) -> None:
     """Create the job dir as the user, just before its container starts (a bind mount of a
     missing path would be created by the engine, owned by root)."""
-    try:
-        job.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LaunchError(f"cannot create job directory {job}: {e.strerror or e}") from None
+    jobs.create(job, LaunchError)
 
 
 # --- argv: the launcher's own options plus the `nima` options that name paths --------------------
@@ -243,9 +230,8 @@ def plan_train(a: argparse.Namespace, rest: list[str]) -> tuple[RunSpec, Path]:
     """
     spec = RunSpec(command=["train"])
     if a.resume:
-        job = _need_dir(a.resume, "job directory", writable=True)
-        if not (job / "config.json").is_file() or not (job / "job.json").is_file():
-            raise LaunchError(f"not a training job directory (no config.json/job.json): {job}")
+        job = jobs.check_resumable(_need_dir(a.resume, "job directory", writable=True),
+                                   LaunchError)
         if a.init_model is not None:
             raise LaunchError("--init-model starts a new job; --resume continues one")
         ignored = [f"--{n.replace('_', '-')}" for n in ("config_file", "samples_file", "job_dir")
@@ -253,12 +239,10 @@ def plan_train(a: argparse.Namespace, rest: list[str]) -> tuple[RunSpec, Path]:
         if ignored:  # they were silently ignored: e.g. a config with more epochs did nothing
             raise LaunchError(f"--resume continues a job with the config.json and samples.json "
                               f"in its directory: {', '.join(ignored)} does not go with it")
-        try:
-            meta = json.loads((job / "job.json").read_text())
-            recorded = meta["image_dir"]
-        except (ValueError, KeyError) as e:
-            raise LaunchError(f"unreadable job.json in {job}: {e}") from None
-        image_dir = _need_dir(a.image_dir or host_path(recorded), "image directory")
+        meta = jobs.read_record(job, LaunchError)
+        image_dir = _need_dir(a.image_dir or host_path(jobs.recorded_image_dir(job, meta,
+                                                                               LaunchError)),
+                              "image directory")
         spec.command += ["--resume", spec.mount(job, "rw"),
                          "--image-dir", spec.mount(image_dir)]
         # A job killed before its first epoch ended starts over from its initial model.
