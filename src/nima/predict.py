@@ -503,19 +503,28 @@ def _csv_rows(f: IO[str], path: Path) -> Iterator[dict]:
 
 
 def validate_result(r: dict, where: str) -> None:
-    """A result must name its image and carry either an error or a valid distribution."""
+    """A result must name its image and carry either an error or a valid distribution with
+    its mean and sd. The one rule for every reader of results (merge, `nima report`)."""
     if not isinstance(r.get("image"), str) or not isinstance(r.get("image_id"), str):
         raise DataError(f"{where}: result without 'image' and 'image_id'")
     if "error" in r:
         return
+    validate_distribution(r, where)
+    for k in ("mean_score_prediction", "sd_score_prediction"):
+        if k not in r:
+            raise DataError(f"{where}: '{k}' of {r['image']} is missing")
+        if not isinstance(r[k], (int, float)) or not math.isfinite(r[k]):
+            raise DataError(f"{where}: '{k}' of {r['image']} is not a number")
+
+
+def validate_distribution(r: dict, where: str) -> None:
+    """A result's 'predictions': 10 finite non-negative numbers summing to 1."""
     p = r.get("predictions")
     ok = isinstance(p, list) and len(p) == scores.N_BINS and all(
         isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in p)
     if not ok or abs(sum(p) - 1.0) > 1e-3:
-        raise DataError(f"{where}: 'predictions' of {r['image']} is not a 10-bin distribution")
-    for k in ("mean_score_prediction", "sd_score_prediction"):
-        if not isinstance(r.get(k), (int, float)) or not math.isfinite(r[k]):
-            raise DataError(f"{where}: {k} of {r['image']} is missing or not a number")
+        raise DataError(f"{where}: 'predictions' of {r.get('image')} is not a 10-bin "
+                        f"distribution (10 numbers, not negative, summing to 1)")
 
 
 # --- normalisation ----------------------------------------------------------------------------

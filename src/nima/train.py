@@ -26,7 +26,7 @@ from nima import files, images, jobs, labels, plots
 from nima.config import Config
 from nima.distribute import (SyncMovingStatistics, barrier, distributed_datasets, is_chief,
                              make_strategy, task)
-from nima.errors import DataError, ImageError, ModelError
+from nima.errors import DataError, ImageError, ModelError, NimaError
 from nima.model import EMDLoss, build_model, set_base_trainable
 
 log = logging.getLogger(__name__)
