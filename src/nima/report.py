@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from nima import files, images, scores
 from nima.errors import DataError, ImageError, NimaError
@@ -167,11 +167,29 @@ def resolve_image(image: str, image_source: Path) -> Path:
 
 
 def thumbnail(path: Path, size: int = THUMB_SIZE) -> Image.Image:
-    """A small RGB copy (longest side `size`), decoded like every image of the toolkit
-    (`nima.images`: EXIF orientation, any mode to RGB, one ImageError for any failure)."""
-    img = Image.fromarray(images.load_image(path))
-    img.thumbnail((size, size), Image.LANCZOS)
-    return img
+    """A small RGB copy (longest side `size`), decoded cheaply; raises ImageError.
+
+    Not `images.load_image(path)`, which decodes in full: the JPEG draft below decodes at the
+    smallest DCT scale above `size` (a 12 MP JPEG: 66 ms against 1.2 s, bench on a busy
+    2-core machine).
+    """
+    img = images.open_image(path)
+    try:
+        with img:
+            if img.format == "JPEG":
+                img.draft("RGB", (size, size))  # DCT-domain downscale to >= size: far less work
+            img.load()
+            try:
+                img = ImageOps.exif_transpose(img)
+            except Exception:  # noqa: BLE001 - bad EXIF: show the image unrotated
+                pass
+            img = images.to_rgb(img)
+            img.thumbnail((size, size), Image.LANCZOS)
+            return img
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, MemoryError) as e:
+        raise ImageError(f"cannot decode image {path}: {e}") from None
 
 
 def thumbnail_jpeg(path: Path, size: int) -> tuple[str, int, int] | str:
