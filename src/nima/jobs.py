@@ -33,10 +33,13 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from nima import files
 from nima.errors import NimaError
+
+if TYPE_CHECKING:
+    from nima.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +104,8 @@ def recorded_image_dir(job: Path, record: dict, error: type[NimaError] = NimaErr
     return recorded
 
 
-def write_start(job: Path, config: Any, samples_json: str, record: dict) -> None:
-    """What a new job is: its config (a `nima.config.Config`), its samples and job.json."""
+def write_start(job: Path, config: Config, samples_json: str, record: dict) -> None:
+    """What a new job is: its config, its samples and job.json."""
     config.save(job / CONFIG)
     files.write_text(job / SAMPLES, samples_json)
     files.write_json(job / RECORD, record)
@@ -135,9 +138,8 @@ class Progress:
         return (self.state is not None and self.state["epoch"] >= total_epochs
                 and (job / SUMMARY).is_file())
 
-    def weights(self, job: Path) -> Path:
+    def weights(self, job: Path) -> Path:  # only when there is a state
         """The weights file state.json names (jobs of older versions kept one fixed name)."""
-        assert self.state is not None
         return job / CHECKPOINT / self.state.get("weights", "last.weights.h5")
 
 

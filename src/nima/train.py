@@ -120,36 +120,11 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
     # runtime's collectives before the eager context starts.
     strategy = make_strategy(config.distribution)
 
-    # --- model, under the distribution strategy --------------------------------------------
     # Built before the data: a failed ImageNet download or a wrong --init-model shows at once,
     # not after minutes of probing a large image folder.
-    previous_policy = keras.mixed_precision.global_policy()
-    if config.mixed_precision and not tf.config.list_logical_devices("GPU"):
-        log.warning("mixed_precision is on but no GPU is visible: float16 on a CPU is slower "
-                    "than float32 (set \"mixed_precision\": false, as the *_cpu configs do)")
-    if config.mixed_precision:
-        # float16 compute, float32 variables; the softmax and the loss stay float32 (model.py,
-        # EMDLoss) and compile() wraps the optimizer in a LossScaleOptimizer.
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        with strategy.scope():
-            model = build_model(config.replace(base_weights=None) if init_model else config)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
-    if init_model:
-        copy_weights(init_model, config, model)
-    model.summary(print_fn=lambda line, **_: log.debug(line))
+    model = _build_model(config, strategy, init_model)
 
-    # --- data: pair labels with images, drop what cannot be read, split -------------------
-    found, missing = labels.find_images(samples, image_dir)
-    unreadable = probe_images([p for _, p in found])
-    found = [(s, p) for s, p in found if str(p) not in unreadable]
-    skipped = [f"{i}\tmissing" for i in missing] + [f"{p}\t{why}" for p, why in unreadable.items()]
-    files.write_text(job / "skipped.txt", "".join(line + "\n" for line in skipped))
-    labels.check_missing(len(samples), missing + sorted(unreadable), config.max_missing_fraction,
-                         "have no readable image")
-    if not found:
-        raise DataError(f"no readable images for the samples in {image_dir}")
+    found, skipped = usable_images(samples, image_dir, job, config.max_missing_fraction)
     train_set, val_set = labels.split(found, config.validation_fraction, config.seed)
     log.info("%d training and %d validation images", len(train_set), len(val_set))
 
@@ -176,14 +151,7 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
                           loss=EMDLoss(config.emd_r))
             first_epoch = phase.start
             if index == restore_index:
-                # Build the optimizer's slots first so its saved state loads too.
-                model.optimizer.build(model.trainable_variables)
-                weights = progress.weights(source)
-                try:
-                    model.load_weights(weights)
-                except (OSError, ValueError) as e:  # missing, truncated, another model's
-                    raise NimaError(f"cannot resume from {weights}: "
-                                    f"{str(e).splitlines()[0][:200]}") from None
+                _restore(model, progress.weights(source))
                 first_epoch = state["epoch"]
         if first_epoch >= phase.end:
             continue
@@ -216,6 +184,55 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
     log.info("done in %.0f s: best %s %.4f at epoch %s; model in %s", seconds, recorder.monitor,
              recorder.best, recorder.best_epoch, job)
     return job
+
+
+def _build_model(config: Config, strategy: tf.distribute.Strategy,
+                 init_model: str | Path | None) -> keras.Model:
+    """The model under the distribution strategy, from `init_model`'s weights if given."""
+    previous_policy = keras.mixed_precision.global_policy()
+    if config.mixed_precision and not tf.config.list_logical_devices("GPU"):
+        log.warning("mixed_precision is on but no GPU is visible: float16 on a CPU is slower "
+                    "than float32 (set \"mixed_precision\": false, as the *_cpu configs do)")
+    if config.mixed_precision:
+        # float16 compute, float32 variables; the softmax and the loss stay float32 (model.py,
+        # EMDLoss) and compile() wraps the optimizer in a LossScaleOptimizer.
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with strategy.scope():
+            model = build_model(config.replace(base_weights=None) if init_model else config)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+    if init_model:
+        copy_weights(init_model, config, model)
+    model.summary(print_fn=lambda line, **_: log.debug(line))
+    return model
+
+
+def _restore(model: keras.Model, weights: Path) -> None:
+    """Load a checkpoint (weights and optimizer state) into the compiled model."""
+    model.optimizer.build(model.trainable_variables)  # its slots first, so their state loads
+    try:
+        model.load_weights(weights)
+    except (OSError, ValueError) as e:  # missing, truncated, another model's
+        raise NimaError(f"cannot resume from {weights}: "
+                        f"{str(e).splitlines()[0][:200]}") from None
+
+
+def usable_images(
+    samples: list[labels.Sample], image_dir: Path, job: Path, max_missing_fraction: float
+) -> tuple[list[tuple[labels.Sample, Path]], list[str]]:
+    """Pair labels with images and drop what cannot be read (listed in skipped.txt); returns
+    the pairs and the skipped lines."""
+    found, missing = labels.find_images(samples, image_dir)
+    unreadable = probe_images([p for _, p in found])
+    found = [(s, p) for s, p in found if str(p) not in unreadable]
+    skipped = [f"{i}\tmissing" for i in missing] + [f"{p}\t{why}" for p, why in unreadable.items()]
+    files.write_text(job / "skipped.txt", "".join(line + "\n" for line in skipped))
+    labels.check_missing(len(samples), missing + sorted(unreadable), max_missing_fraction,
+                         "have no readable image")
+    if not found:
+        raise DataError(f"no readable images for the samples in {image_dir}")
+    return found, skipped
 
 
 def _init_model_file(source: str | Path) -> Path:
