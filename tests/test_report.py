@@ -19,7 +19,7 @@ from conftest import make_images, tiny_config
 from PIL import Image
 from report_helpers import Page, decode_data_uri, external_urls, scored_folder, write_json
 
-from nima import cli, plots, report
+from nima import cli, evaluation_report, plots, report
 from nima import results as result_files
 
 
@@ -103,8 +103,9 @@ def test_history_plot_without_matplotlib_only_warns(tmp_path, caplog, monkeypatc
 def _check_eval_report(report_dir: Path, metrics: dict) -> Page:
     text = (report_dir / "report.html").read_text()
     page = Page(text)
-    assert sorted(u for u in page.urls if not u.startswith("data:")) == sorted(report.EVAL_FIGURES)
-    for name in report.EVAL_FIGURES:
+    figures = evaluation_report.EVAL_FIGURES
+    assert sorted(u for u in page.urls if not u.startswith("data:")) == sorted(figures)
+    for name in evaluation_report.EVAL_FIGURES:
         png_ok(report_dir / name)
     assert f"{metrics['emd_r2']:.4f}" in text
     assert not external_urls(text, page)
@@ -152,8 +153,9 @@ def test_evaluation_report_lists_the_largest_errors_with_their_images(tmp_path):
     y_pred = np.array([gaussian_label(float(np.clip(m + d, 1, 10)))
                        for m, d in zip(scores.mean_score(y_true), shift)])
     result = {"model": "m", **evaluate.metrics(y_true, y_pred)}
-    page = report.write_evaluation_report(tmp_path / "rep", ids, y_true, y_pred, result,
-                                          image_dir=tmp_path / "images").read_text()
+    page = evaluation_report.write_evaluation_report(tmp_path / "rep", ids, y_true, y_pred,
+                                                     result, image_dir=tmp_path / "images"
+                                                     ).read_text()
     table = page.split('<table id="worst">')[1]
     found = re.findall(r'<tr><td><img src="(data:[^"]+)" alt="([^"]+)">([^<]+)</td>'
                        r"<td>([-\d.]+)</td><td>([-\d.]+)</td><td>([-+\d.]+)</td>"

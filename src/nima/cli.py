@@ -127,8 +127,12 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
         result = evaluate(a.samples_file, image_dir=a.image_dir, model=a.model,
                           config_file=a.config_file, baseline=a.baseline,
                           prior_samples_file=a.prior_samples_file, batch_size=a.batch_size,
-                          output_file=a.output_file, predictions_file=a.predictions_file,
-                          report_dir=a.report_dir)
+                          output_file=a.output_file, predictions_file=a.predictions_file)
+        if a.report_dir:
+            from nima.evaluation_report import write_evaluation_report  # matplotlib only now
+
+            write_evaluation_report(a.report_dir, result.ids, result.y_true, result.y_pred,
+                                    dict(result), image_dir=a.image_dir)
         print(f"{result['model']} on {a.samples_file}")
         print(format_table(result))
         return EXIT_OK

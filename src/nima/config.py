@@ -148,10 +148,10 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> "Config":
-        from nima.labels import read_json_file
+        from nima.files import read_json
 
         path = Path(path)
-        data = read_json_file(path, "config file", MAX_FILE_BYTES, ConfigError)
+        data = read_json(path, "config file", MAX_FILE_BYTES, ConfigError)
         return cls.from_dict(data, source=str(path))
 
     @property

@@ -22,9 +22,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from nima import scores
+from nima import files, scores
 from nima.images import is_image_file
-from nima.errors import DataError, LabelError, NimaError
+from nima.errors import DataError, LabelError
 
 log = logging.getLogger(__name__)
 
@@ -115,51 +115,28 @@ def parse_samples(data: Any, source: str = "samples") -> list[Sample]:
 MAX_FILE_BYTES = 1 << 30
 
 
-def read_json_file(path: Path, what: str, max_bytes: int, error: type[NimaError]) -> Any:
-    """Read and decode one JSON file; every failure is `error` with one sentence and a position.
-
-    Shared by label and config files. A UTF-8 byte-order mark is accepted (Windows editors
-    write one); size is checked before reading, so a huge file costs nothing.
-    """
-    try:
-        size = path.stat().st_size
-        if not path.is_file():
-            raise error(f"{what} is not a regular file: {path}")
-        if size > max_bytes:
-            raise error(f"{what} {path} is {size} bytes, more than the limit of {max_bytes}")
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise error(f"{what} not found: {path}") from None
-    except OSError as e:
-        raise error(f"cannot read {what} {path}: {e.strerror or e}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise error(f"{path}: not UTF-8 text (byte {e.start} is {raw[e.start]:#04x})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise error(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    except RecursionError:
-        raise error(f"{path}: JSON nested too deeply") from None
-    except ValueError as e:  # e.g. an integer with more than 4300 digits
-        raise error(f"{path}: invalid JSON: {e}") from None
-
-
 def load_samples(path: str | Path) -> list[Sample]:
     path = Path(path)
-    data = read_json_file(path, "samples file", MAX_FILE_BYTES, LabelError)
+    data = files.read_json(path, "samples file", MAX_FILE_BYTES, LabelError)
     samples = parse_samples(data, source=str(path))
     if not samples:
         raise LabelError(f"{path}: contains no samples")
     return samples
 
 
+def rows_to_json(rows: Iterable[tuple[str, Sequence[Any]]]) -> str:
+    """A label file's text: one compact object per line inside the array, like the shipped
+    files (diff-friendly). Integer vote counts stay integers, other numbers become floats."""
+    def number(v: Any) -> Any:
+        return v if isinstance(v, int) and not isinstance(v, bool) else float(v)
+
+    lines = [json.dumps({"image_id": image_id, "label": [number(v) for v in label]},
+                        separators=(",", ":"), allow_nan=False) for image_id, label in rows]
+    return "[\n" + ",\n".join(lines) + ("\n" if lines else "") + "]\n"
+
+
 def samples_to_json(samples: Iterable[Sample]) -> str:
-    """One object per line inside the array, like the shipped files (diff-friendly)."""
-    rows = [json.dumps({"image_id": s.image_id, "label": [float(v) for v in s.label]},
-                       separators=(",", ":")) for s in samples]
-    return "[\n" + ",\n".join(rows) + ("\n" if rows else "") + "]\n"
+    return rows_to_json((s.image_id, s.label) for s in samples)
 
 
 def index_images(image_dir: str | Path, folders: Iterable[str] = ()) -> dict[str, Path]:

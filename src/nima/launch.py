@@ -16,18 +16,16 @@ Without a Docker engine (or with --local) the same `nima` command runs in the re
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import secrets
 import signal
 import subprocess
 import sys
-from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import NoReturn, Sequence
 
-from nima import container, options
+from nima import container, jobs, options
 from nima.container import (REPO, EngineLost, LaunchError, RunSpec, host_path, need_dir,
                             need_file, one_line)
 from nima.options import Names, Option, UsageError
@@ -46,21 +44,12 @@ MOUNT_NOTES = {Names.FILE: "mounted read-only", Names.DIR: "mounted read-only",
 
 def new_job_dir(root: Path = Path("train_jobs")) -> Path:
     """A free train_jobs/<timestamp>, named like `nima train` names it (not created yet)."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    job, n = root / stamp, 1
-    while job.exists():
-        n += 1
-        job = root / f"{stamp}-{n}"
-    return job
+    return jobs.new_path(root)
 
 
 def _check_new_job_dir(job: Path) -> Path:
     """A job dir the launcher can create (or an empty one): checked before the image build."""
-    if job.exists() and not job.is_dir():
-        raise LaunchError(f"job directory is a file: {job}")
-    if job.exists() and any(job.iterdir()):
-        raise LaunchError(f"job directory is not empty: {job} (use --resume to continue it)")
-    return need_creatable(job, "job directory")
+    return need_creatable(jobs.check_new(job, LaunchError), "job directory")
 
 
 def need_creatable(path: Path, what: str) -> Path:
@@ -77,10 +66,7 @@ def need_creatable(path: Path, what: str) -> Path:
 def make_job_dir(job: Path) -> None:
     """Create the job dir as the user, just before its container starts (a bind mount of a
     missing path would be created by the engine, owned by root)."""
-    try:
-        job.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LaunchError(f"cannot create job directory {job}: {e.strerror or e}") from None
+    jobs.create(job, LaunchError)
 
 
 # --- argv: the launcher's own options plus the `nima` options that name paths --------------------
@@ -173,15 +159,12 @@ def plan_train(a: argparse.Namespace, rest: list[str]) -> tuple[RunSpec, Path]:
         raise LaunchError(str(e)) from None
     spec = RunSpec(command=["train"])
     if a.resume:
-        job = need_dir(a.resume, "job directory", writable=True)
-        if not (job / "config.json").is_file() or not (job / "job.json").is_file():
-            raise LaunchError(f"not a training job directory (no config.json/job.json): {job}")
-        try:
-            meta = json.loads((job / "job.json").read_text())
-            recorded = meta["image_dir"]
-        except (ValueError, KeyError) as e:
-            raise LaunchError(f"unreadable job.json in {job}: {e}") from None
-        image_dir = need_dir(a.image_dir or host_path(recorded), "image directory")
+        job = jobs.check_resumable(need_dir(a.resume, "job directory", writable=True),
+                                   LaunchError)
+        meta = jobs.read_record(job, LaunchError)
+        image_dir = need_dir(a.image_dir or host_path(jobs.recorded_image_dir(job, meta,
+                                                                              LaunchError)),
+                             "image directory")
         spec.command += ["--resume", spec.mount(job, "rw"),
                          "--image-dir", spec.mount(image_dir)]
         # A job killed before its first epoch ended starts over from its initial model.

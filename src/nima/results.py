@@ -276,31 +276,41 @@ def _csv_fields(row: dict, prefix: str) -> dict:
 
 
 def validate_result(r: dict, where: str) -> None:
-    """A result must name its image and carry either an error or valid scores (each model's,
-    in a several-model run)."""
+    """A result must name its image and carry either an error or a valid distribution with
+    its mean and sd (each model's, in a several-model run). The one rule for every reader of
+    results (merge, `nima report`)."""
     if not isinstance(r.get("image"), str) or not isinstance(r.get("image_id"), str):
         raise DataError(f"{where}: result without 'image' and 'image_id'")
     if "error" in r:
         return
-    _validate_scores(r, f"{where}: {r['image']}")
+    _validate_scores(r, where, r["image"])
     several = r.get("scores", {})
     if not isinstance(several, dict):
         raise DataError(f"{where}: 'scores' of {r['image']} is not an object")
     for key, fields in several.items():
+        name = f"{r['image']} (scores[{key!r}])"
         if not isinstance(fields, dict):
-            raise DataError(f"{where}: scores[{key!r}] of {r['image']} is not an object")
-        _validate_scores(fields, f"{where}: {r['image']} scores[{key!r}]")
+            raise DataError(f"{where}: {name} is not an object")
+        _validate_scores(fields, where, name)
 
 
-def _validate_scores(fields: dict, where: str) -> None:
-    p = fields.get("predictions")
+def validate_distribution(r: dict, where: str, name: str | None = None) -> None:
+    """A result's 'predictions': 10 finite non-negative numbers summing to 1."""
+    p = r.get("predictions")
     ok = isinstance(p, list) and len(p) == scores.N_BINS and all(
         isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in p)
     if not ok or abs(sum(p) - 1.0) > 1e-3:
-        raise DataError(f"{where}: 'predictions' is not a 10-bin distribution")
+        raise DataError(f"{where}: 'predictions' of {name or r.get('image')} is not a 10-bin "
+                        f"distribution (10 numbers, not negative, summing to 1)")
+
+
+def _validate_scores(fields: dict, where: str, name: str) -> None:
+    validate_distribution(fields, where, name)
     for k in ("mean_score_prediction", "sd_score_prediction"):
-        if not isinstance(fields.get(k), (int, float)) or not math.isfinite(fields[k]):
-            raise DataError(f"{where}: {k} is missing or not a number")
+        if k not in fields:
+            raise DataError(f"{where}: '{k}' of {name} is missing")
+        if not isinstance(fields[k], (int, float)) or not math.isfinite(fields[k]):
+            raise DataError(f"{where}: '{k}' of {name} is not a number")
 
 
 # --- normalisation ----------------------------------------------------------------------------
