@@ -258,7 +258,7 @@ def test_resume_refuses_a_different_run(env, tmp_path):
     """Partial results of one model (or folder, or shard) must not be completed by another."""
     from nima.errors import NimaError
     from nima.predict import predict
-    from nima.results import run_path
+    from nima.partial import run_path
 
     _, models = env
     folder, full, lines = _complete_run(models["a"], tmp_path)

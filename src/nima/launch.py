@@ -28,10 +28,10 @@ from typing import NoReturn, Sequence
 from nima import container, jobs, options
 from nima.container import (REPO, EngineLost, LaunchError, RunSpec, host_path, need_dir,
                             need_file, one_line)
+from nima.errors import EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERRUPTED
 from nima.options import Names, Option, UsageError
 
 PROGS = {"train": "train-local", "predict": "predict"}
-EXIT_ERROR, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 130, 141  # 141: 128 + SIGPIPE
 # How the launcher treats what an option names, as its help says.
 MOUNT_NOTES = {Names.FILE: "mounted read-only", Names.DIR: "mounted read-only",
                Names.FILE_OR_DIR: "mounted read-only", Names.JOB: "mounted read-write",

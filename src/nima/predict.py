@@ -22,8 +22,6 @@ import collections
 import concurrent.futures
 import errno
 import hashlib
-import io
-import json
 import logging
 import os
 import tempfile
@@ -34,7 +32,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from nima import files, images, resolve, results, runtime, scores
+from nima import files, images, partial, resolve, results, runtime, scores
 from nima.errors import NimaError
 from nima.images import View
 
@@ -354,40 +352,41 @@ def _through_partial(run: Run, scorer: Scorer, started: float) -> tuple[int, int
     tmpdir = None
     if run.predictions_file is None:
         tmpdir = tempfile.TemporaryDirectory(prefix="nima-predict-")
-        partial = Path(tmpdir.name) / "results.jsonl"
+        partial_file = Path(tmpdir.name) / "results.jsonl"
     else:
-        partial = results.partial_path(run.predictions_file)
+        partial_file = partial.path_for(run.predictions_file)
     try:
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        out = open(partial, "a+b")  # not truncated yet: another run may own it
+        partial_file.parent.mkdir(parents=True, exist_ok=True)
+        out = open(partial_file, "a+b")  # not truncated yet: another run may own it
     except OSError as e:
-        raise files.WriteError(f"cannot write {partial}: {e.strerror or e}") from None
+        raise files.WriteError(f"cannot write {partial_file}: {e.strerror or e}") from None
     predictors = [p for e in scorer.ensembles for p in e.predictors]
     # Mixing the results of two different runs in one file would be silent corruption.
     record = {"image source": str(run.source.resolve()),
               "models": [str(p.ref.path.resolve()) for p in predictors],
               "shard": f"{run.shard_index} of {run.num_shards}"}
     try:
-        with results.closing_quietly(out):  # the lock lives as long as this file stays open
-            results.lock(out, partial)
-            done, resumed = _start_partial(out, partial, run, record, keep_record=tmpdir is None)
+        with partial.closing_quietly(out):  # the lock lives as long as this file stays open
+            partial.lock(out, partial_file)
+            done, resumed = partial.start(out, partial_file, run.resume, record,
+                                          keep_record=tmpdir is None)
             paths = (p for p in run.paths() if results.relative_name(p, run.root) not in done)
             try:
-                new = _append(out, _progress(scorer.score_files(paths, run.root, run.batch_size,
-                                                                run.workers)), run.batch_size)
-                fitted, count, failed = results.write_final(
-                    partial, run.predictions_file, run.fmt, run.normalization, scorer.score_keys)
+                scored = scorer.score_files(paths, run.root, run.batch_size, run.workers)
+                new = partial.append(out, _progress(scored), run.batch_size)
+                fitted, count, failed = partial.finish(partial_file, run.predictions_file, run.fmt,
+                                                       run.normalization, scorer.score_keys)
             except OSError as e:
                 why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-                raise files.WriteError(
-                    f"cannot write {run.predictions_file or partial}: {why}; the previous file "
-                    "is unchanged" + (f", results so far are in {partial} (rerun with --resume)"
-                                      if tmpdir is None else "")) from None
+                kept = (f", results so far are in {partial_file} (rerun with --resume)"
+                        if tmpdir is None else "")
+                raise files.WriteError(f"cannot write {run.predictions_file or partial_file}: "
+                                       f"{why}; the previous file is unchanged{kept}") from None
             if run.predictions_file is not None:
                 files.write_json(results.meta_path(run.predictions_file), _meta(
                     run, scorer, fitted, count, failed, new, resumed, time.time() - started))
-                partial.unlink()
-                results.run_path(partial).unlink(missing_ok=True)
+                partial_file.unlink()
+                partial.run_path(partial_file).unlink(missing_ok=True)
     finally:
         if tmpdir is not None:
             tmpdir.cleanup()
@@ -413,44 +412,6 @@ def _meta(run: Run, scorer: Scorer, fitted: dict | None, count: int, failed: int
         "images_per_second": round(new / elapsed, 2) if elapsed > 0 else None,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-
-
-def _start_partial(out, partial: Path, run: Run, record: dict,
-                   keep_record: bool) -> tuple[set[str], int]:
-    """(images already scored, how many): continue the partial file, or empty it."""
-    done: set[str] = set()
-    resumed = 0
-    if run.resume and out.seek(0, os.SEEK_END):
-        results.check_same_run(partial, record)
-        done, resumed, _ = results.read_partial(partial)
-        log.info("resuming: %d images already scored in %s", resumed, partial)
-    elif out.seek(0, os.SEEK_END):
-        log.warning("discarding the partial results of an earlier run (%s); use --resume to "
-                    "continue it instead", partial)
-        out.truncate(0)
-    elif run.resume:
-        log.warning("nothing to resume: no partial results in %s; scoring every image", partial)
-    if keep_record:
-        files.write_json(results.run_path(partial), record)
-    return done, resumed
-
-
-def _append(out, scored: Iterable[dict], batch_size: int) -> int:
-    """Append results as JSON lines, one write per batch (whole lines reach the file), synced
-    at the end; returns how many."""
-    new = 0
-    buf = io.BytesIO()
-    for result in scored:
-        buf.write(json.dumps(result).encode("ascii") + b"\n")
-        new += 1
-        if new % batch_size == 0:
-            out.write(buf.getvalue())
-            out.flush()
-            buf = io.BytesIO()
-    out.write(buf.getvalue())
-    out.flush()
-    os.fsync(out.fileno())
-    return new
 
 
 PROGRESS_SECONDS = 60.0

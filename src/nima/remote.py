@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from nima import container, jobvolume, launch, options, resolve
 from nima.config import Config
 from nima.container import LaunchError, RunSpec, one_line
-from nima.errors import ConfigError, ModelError
+from nima.errors import EXIT_ERROR, EXIT_INTERRUPTED, ConfigError, ModelError
 from nima.jobvolume import IMAGES, WORK
 
 try:
@@ -42,7 +42,6 @@ except ImportError:
     docker = None  # type: ignore[assignment]
 
 PROG = "train-remote"
-EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 
 
 def container_name(job: str) -> str:

@@ -1,6 +1,6 @@
 """Result files of `nima predict`: the record of one image, streamed writers (JSON array,
-JSON lines, CSV), streaming readers, validation, min-max normalisation, the partial file of a
-running job (resume, lock) and merge.
+JSON lines, CSV), streaming readers, validation, min-max normalisation and merge (the partial
+file of a running job is partial.py).
 
 One record per image:
 
@@ -23,7 +23,6 @@ import heapq
 import json
 import logging
 import math
-import os
 import re
 import sys
 import time
@@ -341,103 +340,8 @@ class Normalization:
         return {**r, "mean_score_prediction": round(scaled, 6), "mean_score_raw": m}
 
 
-# --- the partial file of a running job ----------------------------------------------------------
-
-@contextlib.contextmanager
-def closing_quietly(f: IO[bytes]) -> Iterator[IO[bytes]]:
-    """Close `f` at the end, ignoring a failed last flush: on a full disk it fails again after
-    the error that matters was raised, and the partial file keeps its whole lines either way
-    (a successful run flushes and syncs before it gets here)."""
-    try:
-        yield f
-    finally:
-        try:
-            f.close()
-        except OSError:
-            pass
-
-
-def partial_path(predictions_file: Path) -> Path:
-    return predictions_file.with_name(predictions_file.name + PARTIAL_SUFFIX)
-
-
 def meta_path(predictions_file: Path) -> Path:
     return predictions_file.with_name(predictions_file.name + META_SUFFIX)
-
-
-def run_path(partial: Path) -> Path:
-    """What made a partial file: --resume continues only the same run."""
-    return partial.with_name(partial.name + ".run.json")
-
-
-def check_same_run(partial: Path, run: dict) -> None:
-    try:
-        earlier = json.loads(run_path(partial).read_text())
-    except (OSError, ValueError):
-        return  # a partial file from before run records were kept: nothing to compare
-    changed = [k for k in run if k in earlier and earlier[k] != run[k]]
-    if changed:
-        k = changed[0]
-        raise NimaError(f"--resume: {partial} was made with {k} {earlier[k]}, this run has "
-                        f"{run[k]}; give the same arguments, or drop --resume to start over")
-
-
-def read_partial(path: Path) -> tuple[set[str], int, int]:
-    """Scored images of an interrupted run; cuts a half-written last line (kill -9) off."""
-    done: set[str] = set()
-    failed = 0
-    good_end = 0
-    with open(path, "rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break
-            try:
-                r = json.loads(line)
-                done.add(r["image"])
-            except (ValueError, KeyError, TypeError):
-                break
-            failed += "error" in r
-            good_end += len(line)
-    if good_end != path.stat().st_size:
-        log.warning("%s ends with a half-written line; dropping it", path)
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
-    return done, len(done), failed
-
-
-def lock(f: IO[bytes], partial: Path) -> None:
-    """Refuse a second run on the same predictions file: both would append to one partial
-    file and the first to finish would publish the other's half-written lines."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, as before
-        return
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise NimaError(f"another nima predict is writing {partial}; wait for it to finish "
-                        "or choose another --predictions-file") from None
-    except OSError as e:  # a file system without locks (some network mounts): go on
-        log.debug("cannot lock %s: %s", partial, e)
-        return
-    try:
-        same = os.path.samestat(os.fstat(f.fileno()), os.stat(partial))
-    except FileNotFoundError:
-        same = False
-    if not same:  # a run finished and removed it between our open() and our lock
-        raise NimaError(f"another nima predict has just finished with {partial}; run again "
-                        "to score the images anew")
-
-
-def write_final(partial: Path, predictions_file: Path | None, fmt: str,
-                normalization: Normalization | None,
-                score_keys: Sequence[str] = ()) -> tuple[dict | None, int, int]:
-    """The finished predictions file from the partial one (normalised if asked)."""
-    fitted = normalization.fit(read_results(partial, "jsonl")) if normalization else None
-    with ResultWriter(predictions_file, fmt, score_keys) as writer:
-        for r in read_results(partial, "jsonl"):
-            writer.write(normalization.apply(r, fitted) if normalization else r)
-    return fitted, writer.count, writer.failed
 
 
 def check_output(path: Path, what: str) -> None:
