@@ -25,10 +25,11 @@ log = logging.getLogger("nima")
 
 
 
-def _train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a NIMA model (two phases, EMD loss)",
-                       description="Train a NIMA model: phase 1 trains the head on a frozen "
-                       "base, phase 2 fine-tunes all layers. Results go to a job directory.")
+@options.command("train", help="train a NIMA model (two phases, EMD loss)")
+def _train(p: argparse.ArgumentParser) -> options.Run:
+    """Train a NIMA model: phase 1 trains the head on a frozen base, phase 2 fine-tunes all
+    layers. Results go to a job directory.
+    """
     options.add_options(p, options.TRAIN)
 
     def run(a: argparse.Namespace) -> int:
@@ -44,7 +45,7 @@ def _train(sub: argparse._SubParsersAction) -> None:
         train.train(config, a.samples_file, a.image_dir, a.job_dir, init_model=a.init_model)
         return EXIT_OK
 
-    p.set_defaults(run=run)
+    return run
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -54,12 +55,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
 
 
-def _predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="score an image file or folder",
-                       description="Score images: one JSON object per image with the 10-bin "
-                       "distribution, mean and standard deviation. Exit code 3 if any image "
-                       "could not be scored (each such image gets an 'error' entry). "
-                       "See docs/predict.md.")
+@options.command("predict", help="score an image file or folder")
+def _predict(p: argparse.ArgumentParser) -> options.Run:
+    """Score images: one JSON object per image with the 10-bin distribution, mean and standard
+    deviation. Exit code 3 if any image could not be scored (each such image gets an
+    'error' entry). See docs/predict.md.
+    """
     options.add_options(p, options.PREDICT)
 
     def run(a: argparse.Namespace) -> int:
@@ -77,14 +78,14 @@ def _predict(sub: argparse._SubParsersAction) -> None:
                             workers=a.workers)
         return EXIT_PARTIAL if failed else EXIT_OK
 
-    p.set_defaults(run=run)
+    return run
 
 
-def _merge(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("merge", help="join predictions files (e.g. shards) into one",
-                       description="Join predictions files of any format into OUT (format "
-                       "from its suffix .json/.jsonl/.csv, or --format), de-duplicated by "
-                       "image path, every record validated.")
+@options.command("merge", help="join predictions files (e.g. shards) into one")
+def _merge(p: argparse.ArgumentParser) -> options.Run:
+    """Join predictions files of any format into OUT (format from its suffix .json/.jsonl/.csv,
+    or --format), de-duplicated by image path, every record validated.
+    """
     p.add_argument("output", type=Path, metavar="OUT", help="the merged predictions file")
     p.add_argument("parts", type=Path, nargs="+", metavar="PARTS",
                    help="predictions files of `nima predict` (json, jsonl or csv, any mix)")
@@ -97,13 +98,14 @@ def _merge(sub: argparse._SubParsersAction) -> None:
         merge(a.output, a.parts, a.format)
         return EXIT_OK
 
-    p.set_defaults(run=run)
+    return run
 
 
-def _evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="measure a model on a label file",
-                       description="EMD (r=1, r=2), SRCC/PLCC of the mean, SRCC of the sd, "
-                       "accuracy at threshold 5 and MAE, as a table and as JSON.")
+@options.command("evaluate", help="measure a model on a label file")
+def _evaluate(p: argparse.ArgumentParser) -> options.Run:
+    """EMD (r=1, r=2), SRCC/PLCC of the mean, SRCC of the sd, accuracy at threshold 5 and MAE,
+    as a table and as JSON.
+    """
     p.add_argument("--samples-file", type=Path, required=True,
                    help='label JSON: [{"image_id": ..., "label": [10 numbers]}, ...]')
     p.add_argument("--image-dir", type=Path, help="folder with <image_id>.<ext> files "
@@ -138,14 +140,15 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
         print(format_table(result))
         return EXIT_OK
 
-    p.set_defaults(run=run)
+    return run
 
 
-def _report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="HTML gallery (or PNG sheet) of scored images",
-                       description="Browse `nima predict` results: one self-contained HTML page "
-                       "(works offline) with thumbnails sorted by mean score, each with its "
-                       "score distribution, a score filter and the files that failed.")
+@options.command("report", help="HTML gallery (or PNG sheet) of scored images")
+def _report(p: argparse.ArgumentParser) -> options.Run:
+    """Browse `nima predict` results: one self-contained HTML page (works offline) with
+    thumbnails sorted by mean score, each with its score distribution, a score filter
+    and the files that failed.
+    """
     p.add_argument("predictions", type=Path, metavar="PREDICTIONS",
                    help="output of `nima predict` (JSON, JSONL or CSV)")
     p.add_argument("--image-source", type=Path, required=True, metavar="DIR",
@@ -169,16 +172,16 @@ def _report(sub: argparse._SubParsersAction) -> None:
                 bottom=a.bottom, limit=a.limit, title=a.title, thumb_size=a.thumb_size)
         return EXIT_OK
 
-    p.set_defaults(run=run)
+    return run
 
 
-def _calibrate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "calibrate", help="re-estimate a model's BatchNorm statistics (precise BN)",
-        description="Re-estimate every BatchNormalization's moving mean and variance as the "
-        "average batch statistics over random training images, weights unchanged. Fixes "
-        "models trained from random init whose inference-mode scores lag behind training "
-        "mode (see docs/technical-model.md).")
+@options.command("calibrate", help="re-estimate a model's BatchNorm statistics (precise BN)")
+def _calibrate(p: argparse.ArgumentParser) -> options.Run:
+    """Re-estimate every BatchNormalization's moving mean and variance as the average batch
+    statistics over random training images, weights unchanged. Fixes models trained from
+    random init whose inference-mode scores lag behind training mode (see
+    docs/technical-model.md).
+    """
     p.add_argument("--model", type=Path, required=True,
                    help="a .keras model, a job or model directory, or a shipped model's name")
     p.add_argument("--samples-file", type=Path, required=True, help="training label file")
@@ -199,16 +202,16 @@ def _calibrate(sub: argparse._SubParsersAction) -> None:
         print(f"BatchNorm statistics re-estimated from {n} batches; model in {a.output_file}")
         return EXIT_OK
 
-    p.set_defaults(run=run)
+    return run
 
 
-def _export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a serving artefact: SavedModel, TFLite or ONNX",
-                       description="Export a model for serving. Every format outputs "
-                       "predictions (10 bins), mean_score_prediction and sd_score_prediction. "
-                       "The SavedModel's serving_default takes encoded image bytes (TF "
-                       "Serving), serving_float and the other formats take float32 RGB 0..255 "
-                       "at the model's input size. See docs/export.md.")
+@options.command("export", help="write a serving artefact: SavedModel, TFLite or ONNX")
+def _export(p: argparse.ArgumentParser) -> options.Run:
+    """Export a model for serving. Every format outputs predictions (10 bins),
+    mean_score_prediction and sd_score_prediction. The SavedModel's serving_default
+    takes encoded image bytes (TF Serving), serving_float and the other formats take
+    float32 RGB 0..255 at the model's input size. See docs/export.md.
+    """
     p.add_argument("--weights-file", "--model", dest="model", type=Path, metavar="MODEL",
                    help=options.MODEL_HELP + "; default: aesthetic")
     p.add_argument("--config-file", type=Path, help="training config for a weights file")
@@ -235,17 +238,18 @@ def _export(sub: argparse._SubParsersAction) -> None:
         print(path)
         return EXIT_OK
 
-    p.set_defaults(run=run)
+    return run
 
 
-def _import_keras2(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "import-keras2", help="turn Keras 2 NIMA weights (idealo's .hdf5) into a .keras model",
-        description="Read the HDF5 weights of a NIMA model trained with Keras 2 (idealo's "
-        "image-quality-assessment, e.g. weights_mobilenet_aesthetic_0.07.hdf5, and other "
-        "Keras NIMA repositories: base CNN, Dropout, Dense(10, softmax)) into this toolkit's "
-        "model, and save it as a .keras file that predict, evaluate, export and nima.load() "
-        "take. Every array's shape is checked against the base model.")
+@options.command("import-keras2",
+                 help="turn Keras 2 NIMA weights (idealo's .hdf5) into a .keras model")
+def _import_keras2(p: argparse.ArgumentParser) -> options.Run:
+    """Read the HDF5 weights of a NIMA model trained with Keras 2 (idealo's image-quality-
+    assessment, e.g. weights_mobilenet_aesthetic_0.07.hdf5, and other Keras NIMA
+    repositories: base CNN, Dropout, Dense(10, softmax)) into this toolkit's model, and
+    save it as a .keras file that predict, evaluate, export and nima.load() take. Every
+    array's shape is checked against the base model.
+    """
     p.add_argument("--weights-file", type=Path, required=True, help="Keras 2 .hdf5/.h5 file")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--base-model-name", help="keras.applications name, e.g. MobileNet "
@@ -271,11 +275,11 @@ def _import_keras2(sub: argparse._SubParsersAction) -> None:
         print(a.output_file)
         return EXIT_OK
 
-    p.set_defaults(run=run)
+    return run
 
 
 # Subcommands in help order; other modules' commands are added here.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+COMMANDS: list[Callable] = [
     _train, _predict, _evaluate, data_commands.add, _report, _export, _calibrate, _merge,
     _import_keras2]
 
@@ -291,7 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show stack traces on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:
-        add(sub)
+        if hasattr(add, "command"):
+            options.install(sub, add)
+        else:
+            add(sub)  # a group of its own (nima data)
     return parser
 
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import enum
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 
 class UsageError(Exception):
@@ -181,3 +182,25 @@ def add_launcher_options(parser: argparse.ArgumentParser, detach: bool) -> None:
         parser.add_argument("--detach", action="store_true",
                             help="leave training running in the background and print how to "
                             "follow it")
+
+
+# --- subcommands --------------------------------------------------------------------------------
+
+Run = Callable[[argparse.Namespace], int]
+
+
+def command(name: str, help: str) -> Callable:
+    """Mark a subcommand's adder: `add(parser) -> run` adds its arguments and returns what
+    runs it; the adder's docstring is the command's --help description."""
+    def mark(add: Callable[[argparse.ArgumentParser], Run]) -> Callable:
+        add.command = (name, help)  # type: ignore[attr-defined]
+        return add
+    return mark
+
+
+def install(sub: argparse._SubParsersAction, add: Callable) -> argparse.ArgumentParser:
+    """Add a marked subcommand to `sub`."""
+    name, help = add.command
+    p = sub.add_parser(name, help=help, description=inspect.cleandoc(add.__doc__ or "") or None)
+    p.set_defaults(run=add(p))
+    return p

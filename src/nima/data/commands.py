@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Callable
 
 from nima.errors import EXIT_OK, EXIT_PARTIAL
+from nima import options
 from nima.options import UsageError
 
 
-def _data_ava(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ava", help="AVA.txt -> train/test label files (vote counts)",
-                       description="Make ava_labels_train.json and ava_labels_test.json from "
-                       "AVA.txt (index, image id, 10 vote counts, tag 1, tag 2, challenge).")
+@options.command("ava", help="AVA.txt -> train/test label files (vote counts)")
+def _data_ava(p: argparse.ArgumentParser) -> options.Run:
+    """Make ava_labels_train.json and ava_labels_test.json from AVA.txt (index, image id, 10
+    vote counts, tag 1, tag 2, challenge).
+    """
     p.add_argument("ava_file", type=Path, metavar="AVA.txt", help="AVA's AVA.txt")
     p.add_argument("--out-dir", type=Path, required=True,
                    help="folder for ava_labels_train.json and ava_labels_test.json")
@@ -39,20 +41,20 @@ def _data_ava(sub: argparse._SubParsersAction) -> None:
                       test_fraction=a.test_fraction, seed=a.seed, test_ids=a.test_ids,
                       min_votes=a.min_votes, image_dir=a.image_dir)
         dropped = ", ".join(f"{v} {k}" for k, v in r.dropped.items() if v) or "none"
-        print(f"{a.ava_file}: {r.total} images; dropped: {dropped}")
-        print(f"train: {len(r.train)} -> {a.out_dir / 'ava_labels_train.json'}")
-        print(f"test: {len(r.test)} -> {a.out_dir / 'ava_labels_test.json'}")
+        print(f"{a.ava_file}: {r.total} images; dropped: {dropped}\n"
+              f"train: {len(r.train)} -> {a.out_dir / 'ava_labels_train.json'}\n"
+              f"test: {len(r.test)} -> {a.out_dir / 'ava_labels_test.json'}")
         return EXIT_OK
 
-    p.set_defaults(run=run)
+    return run
 
 
-def _data_tid2013(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tid2013", help="TID2013 MOS -> train/test max-entropy labels",
-                       description="Make tid_labels_train.json and tid_labels_test.json from "
-                       "mos_with_names.txt: MOS 0..9 is rescaled to 1..10 and spread by maximum "
-                       "entropy; the split is by reference image (default test I01-I03, as in "
-                       "the shipped data/TID2013 files).")
+@options.command("tid2013", help="TID2013 MOS -> train/test max-entropy labels")
+def _data_tid2013(p: argparse.ArgumentParser) -> options.Run:
+    """Make tid_labels_train.json and tid_labels_test.json from mos_with_names.txt: MOS 0..9 is
+    rescaled to 1..10 and spread by maximum entropy; the split is by reference image
+    (default test I01-I03, as in the shipped data/TID2013 files).
+    """
     p.add_argument("mos_file", type=Path, metavar="mos_with_names.txt",
                    help="TID2013's 'MOS filename' list")
     p.add_argument("--out-dir", type=Path, required=True,
@@ -73,18 +75,18 @@ def _data_tid2013(sub: argparse._SubParsersAction) -> None:
         print(f"test: {len(r.test)} (references {refs}) -> {a.out_dir / 'tid_labels_test.json'}")
         return EXIT_OK
 
-    p.set_defaults(run=run)
+    return run
 
 
-def _data_mos(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("mos", help="score table (your CSV, KonIQ-10k, SPAQ, KADID-10k, LIVE, "
-                       "CSIQ, TID2013, AVA, pyiqa metadata) -> label files",
-                       description="Columns by header name (image, mos/score/dmos, std, n, "
-                       "vote counts such as 'score 1'..'score 10' or c1..c5, reference, split) "
-                       "or flag, or in the order image, mos, std, n without a header. Vote "
-                       "counts are the label; otherwise scores on --scale are mapped to 1..10 "
-                       "and spread by maximum entropy or as a discretised normal (needs std). "
-                       "--out-dir splits train/test without a reference image on both sides.")
+@options.command("mos", help="score table (your CSV, KonIQ-10k, SPAQ, KADID-10k, LIVE, CSIQ, "
+                 "TID2013, AVA, pyiqa metadata) -> label files")
+def _data_mos(p: argparse.ArgumentParser) -> options.Run:
+    """Columns by header name (image, mos/score/dmos, std, n, vote counts such as 'score
+    1'..'score 10' or c1..c5, reference, split) or flag, or in the order image, mos,
+    std, n without a header. Vote counts are the label; otherwise scores on --scale are
+    mapped to 1..10 and spread by maximum entropy or as a discretised normal (needs
+    std). --out-dir splits train/test without a reference image on both sides.
+    """
     p.add_argument("csv_file", type=Path, metavar="FILE.csv",
                    help="one image per line; comma, semicolon, tab or spaces")
     out = p.add_mutually_exclusive_group(required=True)
@@ -157,13 +159,14 @@ def _data_mos(sub: argparse._SubParsersAction) -> None:
                   f"-> {file}")
         return EXIT_OK
 
-    p.set_defaults(run=run)
+    return run
 
 
-def _data_undersample(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("undersample", help="at most N images per rating bin",
-                       description="Keep at most N images per rating bin (mean score rounded "
-                       "to 1..10), chosen with a seed; rows keep their order and raw labels.")
+@options.command("undersample", help="at most N images per rating bin")
+def _data_undersample(p: argparse.ArgumentParser) -> options.Run:
+    """Keep at most N images per rating bin (mean score rounded to 1..10), chosen with a seed;
+    rows keep their order and raw labels.
+    """
     p.add_argument("labels", type=Path, metavar="LABELS", help="label file")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.json",
                    help="the undersampled label file to write")
@@ -181,13 +184,14 @@ def _data_undersample(sub: argparse._SubParsersAction) -> None:
         print(f"{sum(r.after.values())} of {sum(r.before.values())} images -> {a.out}")
         return EXIT_OK
 
-    p.set_defaults(run=run)
+    return run
 
 
-def _data_check(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("check", help="find bad rows and missing/broken/tiny images",
-                       description="Report every bad label row (with its index), duplicate id, "
-                       "missing, unreadable, truncated and tiny image. Exit code 3 if any.")
+@options.command("check", help="find bad rows and missing/broken/tiny images")
+def _data_check(p: argparse.ArgumentParser) -> options.Run:
+    """Report every bad label row (with its index), duplicate id, missing, unreadable,
+    truncated and tiny image. Exit code 3 if any.
+    """
     p.add_argument("labels", type=Path, metavar="LABELS", help="label file")
     p.add_argument("--image-dir", type=Path, help="folder with <image_id>.<ext> files "
                    "(without it only the rows are checked)")
@@ -216,12 +220,12 @@ def _data_check(sub: argparse._SubParsersAction) -> None:
             print(f"{len(r.good)} good rows -> {a.write_clean}")
         return EXIT_PARTIAL if r.problems else EXIT_OK
 
-    p.set_defaults(run=run)
+    return run
 
 
-def _data_stats(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("stats", help="counts, votes per image, mean-score histogram",
-                       description="Summarise a label file; --png also draws the histogram.")
+@options.command("stats", help="counts, votes per image, mean-score histogram")
+def _data_stats(p: argparse.ArgumentParser) -> options.Run:
+    """Summarise a label file; --png also draws the histogram."""
     p.add_argument("labels", type=Path, metavar="LABELS", help="label file")
     p.add_argument("--png", type=Path, metavar="OUT.png", help="histogram as a PNG")
 
@@ -235,16 +239,16 @@ def _data_stats(sub: argparse._SubParsersAction) -> None:
             print(f"histogram -> {a.png}")
         return EXIT_OK
 
-    p.set_defaults(run=run)
+    return run
 
 
-def _data_distort(dsub: argparse._SubParsersAction) -> None:
-    p = dsub.add_parser(
-        "distort", help="make a technical-quality dataset from pristine photos",
-        description="From pristine photos, write random crops with Gaussian blur, Gaussian "
-        "noise, JPEG compression and contrast/exposure change at 5 levels each, label files "
-        "(mean score 8.5 pristine falling to 2.0 at level 5) split train/test by source photo, "
-        "and a manifest. See docs/technical-model.md.")
+@options.command("distort", help="make a technical-quality dataset from pristine photos")
+def _data_distort(p: argparse.ArgumentParser) -> options.Run:
+    """From pristine photos, write random crops with Gaussian blur, Gaussian noise, JPEG
+    compression and contrast/exposure change at 5 levels each, label files (mean score
+    8.5 pristine falling to 2.0 at level 5) split train/test by source photo, and a
+    manifest. See docs/technical-model.md.
+    """
     p.add_argument("--source", type=Path, required=True, help="folder of pristine photos")
     p.add_argument("--out", type=Path, required=True,
                    help="output folder: images/, labels_train.json, labels_test.json, "
@@ -266,11 +270,11 @@ def _data_distort(dsub: argparse._SubParsersAction) -> None:
               f"in {a.out}")
         return EXIT_OK
 
-    p.set_defaults(run=run)
+    return run
 
 
 # `nima data <tool>`: one adder per tool, in help order; append new tools here.
-DATA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+DATA_COMMANDS: list[Callable] = [
     _data_ava, _data_tid2013, _data_mos, _data_undersample, _data_check, _data_stats,
     _data_distort]
 
@@ -280,5 +284,5 @@ def add(sub: argparse._SubParsersAction) -> None:
                        "distort",
                        description="Make, clean and inspect label files.")
     data_sub = p.add_subparsers(dest="data_command", metavar="TOOL", required=True)
-    for add in DATA_COMMANDS:
-        add(data_sub)
+    for tool in DATA_COMMANDS:
+        options.install(data_sub, tool)
