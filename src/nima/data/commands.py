@@ -129,15 +129,15 @@ def _data_mos(p: argparse.ArgumentParser) -> options.Run:
                    "(group 1, or the whole match)")
 
     def run(a: argparse.Namespace) -> int:
-        from nima.data import mos
+        from nima.data import mos, table
 
         split_flags = (a.test_ids, a.prefix, a.reference_pattern, a.test_fraction)
         if a.out and any(f is not None for f in split_flags):
             raise UsageError("--test-fraction, --test-ids, --prefix and --reference-pattern "
                              "need --out-dir")
-        columns = mos.Columns(image=a.image_column, mos=a.score_column, std=a.std_column,
-                              n=a.n_column, reference=a.reference_column,
-                              split=a.split_column, votes=tuple(a.vote_columns))
+        columns = table.Columns(image=a.image_column, mos=a.score_column, std=a.std_column,
+                                n=a.n_column, reference=a.reference_column,
+                                split=a.split_column, votes=tuple(a.vote_columns))
         r = mos.convert(a.csv_file, a.out, out_dir=a.out_dir, prefix=a.prefix,
                         scale=tuple(a.scale), method=a.method, min_n=a.min_n,
                         invert=a.invert, clip=a.clip, columns=columns,
