@@ -193,6 +193,15 @@ def test_predict_writes_json_and_prints_to_stdout(world):
         assert r.returncode == 0, r.stderr[-3000:]
         [shipped] = json.loads(r.stdout)
         assert shipped["image_id"] == "img0003" and 1 <= shipped["mean_score_prediction"] <= 10
+        # Shipped models by name, two scores from one decode: names pass the launcher as they
+        # are and resolve inside the image.
+        r = launch(world, "predict", "--image-source", "images/img0003.jpg", "--model",
+                   "technical", "--also", "aesthetic")
+        assert r.returncode == 0, r.stderr[-3000:]
+        [both] = json.loads(r.stdout)
+        assert sorted(both["scores"]) == ["aesthetic", "technical"]
+        assert both["scores"]["aesthetic"]["predictions"] == shipped["predictions"]
+        assert both["mean_score_prediction"] == both["scores"]["technical"]["mean_score_prediction"]
 
 
 def test_the_tflite_conversion_is_cached_between_containers(world):
