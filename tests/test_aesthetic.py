@@ -12,7 +12,6 @@ Two independent references for the real sample photos:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -176,7 +175,7 @@ def test_savedmodel_bytes_signature_resizes_nearest(tmp_path):
         np.testing.assert_allclose(g, want[p.name], atol=1e-5)
 
 
-def test_unknown_names_and_wrong_files_are_one_line(tmp_path, capsys):
+def test_unknown_names_and_wrong_files_are_one_line(tmp_path, capsys, monkeypatch):
     assert cli.main(["predict", "--image-source", str(SAMPLES), "--model", "aesthetics"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == ("nima predict: error: unknown model 'aesthetics': not a file or folder, "
@@ -191,7 +190,7 @@ def test_unknown_names_and_wrong_files_are_one_line(tmp_path, capsys):
     with pytest.raises(ModelError, match="is not a model file"):
         resolve.resolve(fake)
     # A path wins over a name: a folder called "technical" here is that folder.
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "technical").mkdir()
     with pytest.raises(ModelError, match="no best.keras or model.keras in technical"):
         resolve.resolve("technical")
