@@ -10,6 +10,7 @@ exactly steps_per_epoch * epochs of that phase.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -109,9 +110,9 @@ def _checkpoint_file(job: Path) -> Path:
     return job / "checkpoint" / state.get("weights", "last.weights.h5")
 
 
-def _resume_and_check(job: Path, dense: int, all_: int, killed: dict) -> None:
+def _resume_and_check(job: Path, dense: int, all_: int, killed: dict, env: dict = ENV) -> None:
     r = subprocess.run([sys.executable, "-m", "nima", "train", "--resume", str(job)],
-                       capture_output=True, text=True, env=ENV, timeout=300)
+                       capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resuming {job} after epoch {killed['epoch']}" in r.stderr
     history = json.loads((job / "history.json").read_text())
@@ -157,19 +158,31 @@ def test_sigkill_real_training_then_resume(tmp_path):
     _resume_and_check(job, dense, all_, killed)
 
 
-@pytest.mark.parametrize("kill", [
-    {"KILL_AFTER_EPOCH": "2"},  # exactly at the phase boundary: dense done, all not started
+def _jax_env() -> dict:
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed")
+    from test_backends import backend_env
+
+    return backend_env("jax")
+
+
+@pytest.mark.parametrize("kill, backend", [
+    ({"KILL_AFTER_EPOCH": "2"}, "tensorflow"),  # exactly at the phase boundary: dense done,
+    # all not started
     # between the checkpoint weights and state.json of epoch 2: the weights are newer than
     # the state that describes them
-    {"KILL_AFTER_WRITE": ".weights.h5", "KILL_AFTER_WRITE_EPOCH": "2"},
-], ids=["phase-boundary", "between-weights-and-state"])
-def test_sigkill_at_exact_points_then_resume(tmp_path, kill):
+    ({"KILL_AFTER_WRITE": ".weights.h5", "KILL_AFTER_WRITE_EPOCH": "2"}, "tensorflow"),
+    # the same job on JAX, TensorFlow hidden: its checkpoints resume the same way
+    ({"KILL_AFTER_EPOCH": "2"}, "jax"),
+], ids=["phase-boundary", "between-weights-and-state", "phase-boundary-jax"])
+def test_sigkill_at_exact_points_then_resume(tmp_path, kill, backend):
+    env = ENV if backend == "tensorflow" else _jax_env()
     dense, all_ = 2, 1
     args, job = _job(tmp_path, dense, all_)
     r = subprocess.run([sys.executable, "-c", DRIVER, *args], capture_output=True, text=True,
-                       env={**ENV, **kill}, timeout=300)
+                       env={**env, **kill}, timeout=300)
     assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
     killed = _state(job)
     expected_epoch = 2 if "KILL_AFTER_EPOCH" in kill else 1
     assert killed["epoch"] == expected_epoch and killed["phase"] == "dense"
-    _resume_and_check(job, dense, all_, killed)
+    _resume_and_check(job, dense, all_, killed, env)

@@ -1,4 +1,5 @@
-"""tf.data input pipelines on images whose pixels say where they come from.
+"""Both input pipelines (tf.data, and nima.feed's PyDataset for other Keras backends) on
+images whose pixels say where they come from.
 
 Pixel (y, x) of image i holds (6x, 6y, 25i), saved as lossless PNG: every training crop can
 be traced back to its image, its offset and its orientation. So the tests see what training
@@ -12,8 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nima import images
-from nima.pipeline import eval_dataset, train_dataset
+from nima import feed, images, pipeline
 
 N, SIZE, INPUT = 10, 40, 32
 EPOCHS = 20
@@ -45,16 +45,58 @@ def trace(image: np.ndarray, label: np.ndarray, pixels: list[np.ndarray]) -> tup
     return i, oy, ox, flipped
 
 
-def epochs(ds, n: int = EPOCHS):
+class TFData:
+    """tf.data: a dataset is iterated once per epoch."""
+
+    train_dataset = staticmethod(pipeline.train_dataset)
+    eval_dataset = staticmethod(pipeline.eval_dataset)
+
+    @staticmethod
+    def batches(ds):
+        return ds.as_numpy_iterator()
+
+    @staticmethod
+    def end_epoch(ds):
+        pass
+
+
+class Feed:
+    """nima.feed: batches built by worker threads, out of order; Keras calls on_epoch_end."""
+
+    @staticmethod
+    def train_dataset(*args, **kwargs):
+        return feed.TrainBatches(*args, **kwargs, workers=3)
+
+    @staticmethod
+    def eval_dataset(*args, **kwargs):
+        return feed.EvalBatches(*args, **kwargs, workers=3)
+
+    @staticmethod
+    def batches(ds):
+        return feed.iterate(ds)
+
+    @staticmethod
+    def end_epoch(ds):
+        ds.on_epoch_end()
+
+
+@pytest.fixture(params=[TFData, Feed], ids=["tf.data", "feed"])
+def impl(request):
+    return request.param
+
+
+def epochs(impl, ds, n: int = EPOCHS):
     for _ in range(n):
-        yield [(img, lab, w) for batch in ds.as_numpy_iterator() for img, lab, w in zip(*batch)]
+        yield [(img, lab, w) for batch in impl.batches(ds) for img, lab, w in zip(*batch)]
+        impl.end_epoch(ds)
 
 
-def test_crops_flips_and_order_of_training_batches(coded):
+def test_crops_flips_and_order_of_training_batches(coded, impl):
     paths, labels, pixels = coded
-    ds = train_dataset(paths, labels, input_size=INPUT, resize_size=SIZE, batch_size=4, seed=3)
+    ds = impl.train_dataset(paths, labels, input_size=INPUT, resize_size=SIZE, batch_size=4,
+                            seed=3)
     seen, orders = [], []
-    for epoch in epochs(ds):
+    for epoch in epochs(impl, ds):
         traced = [trace(img, lab, pixels) for img, lab, _ in epoch]
         assert all(w == 1.0 for _, _, w in epoch)
         order = tuple(t[0] for t in traced)
@@ -72,33 +114,34 @@ def test_crops_flips_and_order_of_training_batches(coded):
     assert 0.3 < np.mean([t[3] for t in seen]) < 0.7
 
 
-def test_augmentations_are_off_when_configured(coded):
+def test_augmentations_are_off_when_configured(coded, impl):
     paths, labels, pixels = coded
-    no_flip = train_dataset(paths, labels, input_size=INPUT, resize_size=SIZE, batch_size=4,
-                            horizontal_flip=False, seed=3)
-    seen = [trace(img, lab, pixels) for epoch in epochs(no_flip, 5) for img, lab, _ in epoch]
+    no_flip = impl.train_dataset(paths, labels, input_size=INPUT, resize_size=SIZE,
+                                 batch_size=4, horizontal_flip=False, seed=3)
+    seen = [trace(img, lab, pixels) for epoch in epochs(impl, no_flip, 5) for img, lab, _ in epoch]
     assert not any(t[3] for t in seen) and len({(t[1], t[2]) for t in seen}) > 5
     # No random crop: the whole image squashed to the input size, as prediction sees it.
-    plain = train_dataset(paths, labels, input_size=INPUT, resize_size=SIZE, batch_size=4,
-                          random_crop=False, horizontal_flip=False, seed=3)
-    for img, lab, _ in next(epochs(plain, 1)):
+    plain = impl.train_dataset(paths, labels, input_size=INPUT, resize_size=SIZE,
+                               batch_size=4, random_crop=False, horizontal_flip=False, seed=3)
+    for img, lab, _ in next(epochs(impl, plain, 1)):
         i = int(np.argmax(lab))
         np.testing.assert_array_equal(img, images.load_image(paths[i], INPUT))
 
 
-def test_failed_images_weigh_nothing_and_eval_keeps_order(coded, tmp_path):
+def test_failed_images_weigh_nothing_and_eval_keeps_order(coded, tmp_path, impl):
     paths, labels, pixels = coded
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     mixed = paths[:3] + [broken] + paths[3:]
     mixed_labels = np.concatenate([labels[:3], np.full((1, 10), 0.1), labels[3:]])
-    ds = train_dataset(mixed, mixed_labels, input_size=INPUT, resize_size=SIZE, batch_size=4)
-    for img, lab, w in next(epochs(ds, 1)):
+    ds = impl.train_dataset(mixed, mixed_labels, input_size=INPUT, resize_size=SIZE,
+                            batch_size=4)
+    for img, lab, w in next(epochs(impl, ds, 1)):
         assert w == (0.0 if lab.max() < 0.5 else 1.0)
         if w:
             trace(img, lab, pixels)
-    batches = list(eval_dataset(mixed, mixed_labels, input_size=INPUT, batch_size=3)
-                   .as_numpy_iterator())
+    batches = list(impl.batches(impl.eval_dataset(mixed, mixed_labels, input_size=INPUT,
+                                                  batch_size=3)))
     got_images = np.concatenate([b[0] for b in batches])
     got_labels = np.concatenate([b[1] for b in batches])
     errors = np.concatenate([b[2] for b in batches])
@@ -108,24 +151,25 @@ def test_failed_images_weigh_nothing_and_eval_keeps_order(coded, tmp_path):
     for k, path in enumerate(mixed):
         expected = 0 if path == broken else images.load_image(path, INPUT)
         np.testing.assert_array_equal(got_images[k], expected)
-    weighted = list(eval_dataset(mixed, mixed_labels, input_size=INPUT, batch_size=7,
-                                 weighted=True).as_numpy_iterator())
+    weighted = list(impl.batches(impl.eval_dataset(mixed, mixed_labels, input_size=INPUT,
+                                                   batch_size=7, weighted=True)))
     assert weighted[0][2].tolist() == [1, 1, 1, 0, 1, 1, 1]
     assert weighted[1][2].tolist() == [1] * 4
 
 
 @pytest.mark.parametrize("method", ["nearest", "bilinear"])
-def test_pipelines_resize_with_the_models_method(coded, method):
+def test_pipelines_resize_with_the_models_method(coded, method, impl):
     """A model trained on NEAREST resizes (Keras 2 load_img) must get them in training and
     validation too: both pipelines resize each file exactly as images.load_image does."""
     paths, labels, _ = coded
     size = 24  # a downscale from 40, where the methods differ
     want = [images.load_image(p, size, method) for p in paths]
     assert method == "bilinear" or not np.array_equal(want[0], images.load_image(paths[0], size))
-    got = [img for batch in eval_dataset(paths, labels, input_size=size, resize_method=method,
-                                         batch_size=4).as_numpy_iterator() for img in batch[0]]
+    got = [img for batch in impl.batches(impl.eval_dataset(
+        paths, labels, input_size=size, resize_method=method, batch_size=4)) for img in batch[0]]
     np.testing.assert_array_equal(np.stack(got), np.stack(want))
-    train = train_dataset(paths, labels, input_size=size, resize_size=None, resize_method=method,
-                          batch_size=4, random_crop=False, horizontal_flip=False)
-    for img, label, _ in zip(*next(iter(train.unbatch().batch(N).as_numpy_iterator()))):
+    train = impl.train_dataset(paths, labels, input_size=size, resize_size=None,
+                               resize_method=method, batch_size=4, random_crop=False,
+                               horizontal_flip=False)
+    for img, label, _ in next(epochs(impl, train, 1)):
         np.testing.assert_array_equal(img, want[int(np.argmax(label))])

@@ -72,7 +72,7 @@ def calibrate_file(model_file: str | Path, samples_file: str | Path, image_dir: 
                    seed: int = 0) -> int:
     """`nima calibrate`: load a model, re-estimate its BatchNorm statistics on `batches`
     random batches of the labelled training images, save it. Returns the batches used."""
-    from nima import files, labels, pipeline, resolve
+    from nima import feed, files, labels, resolve
     from nima.errors import DataError
     from nima.model import model_input_size
 
@@ -86,11 +86,11 @@ def calibrate_file(model_file: str | Path, samples_file: str | Path, image_dir: 
         raise DataError(f"no image of {samples_file} found in {image_dir}")
     order = np.random.default_rng(seed).permutation(len(found))[:batches * batch_size]
     paths = [found[i][1] for i in order]
-    ds = pipeline.eval_dataset(paths, np.stack([found[i][0].label for i in order]),
-                               input_size=model_input_size(model), resize_method=ref.resize,
-                               batch_size=batch_size)
+    batches = feed.eval_batches(paths, np.stack([found[i][0].label for i in order]),
+                                input_size=model_input_size(model), resize_method=ref.resize,
+                                batch_size=batch_size)
     # Unreadable images are dropped from their batch (a batch of them, entirely).
-    n = recalibrate_batchnorm(model, (x[err == b""] for x, _, err in ds.as_numpy_iterator()))
+    n = recalibrate_batchnorm(model, (x[err == b""] for x, _, err in batches))
     if n == 0:
         raise DataError(f"fewer than 2 readable images of {samples_file} in {image_dir}")
     files.save_keras(model, output_file)

@@ -228,6 +228,9 @@ def _export(p: argparse.ArgumentParser) -> options.Run:
                    "serving/nima/1 for TF Serving (must not exist or be empty)")
 
     def run(a: argparse.Namespace) -> int:
+        from nima import kerasbackend
+
+        kerasbackend.require_tensorflow("nima export")  # before export's TensorFlow import
         from nima.export import check_options, export
         from nima.predict import Predictor
 
@@ -308,8 +311,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
-    # TensorFlow's C++ start-up chatter is not for users; keep warnings and errors.
+    # TensorFlow's C++ start-up chatter is not for users; keep warnings and errors. JAX logs
+    # at INFO each accelerator plugin it does not find (libtpu on every machine).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     from nima.errors import NimaError
 
     # "nima data check: error: ..." names the nested tool too.

@@ -117,8 +117,8 @@ def evaluate(
         result = {"model": "baseline:prior", "n_skipped": 0, **metrics(y_true, y_pred)}
         ids = [s.image_id for s in samples]
     else:
-        # TensorFlow is only imported for a real model; the baseline needs none.
-        from nima import pipeline
+        # A Keras backend is only imported for a real model; the baseline needs none.
+        from nima import feed
         from nima.predict import Predictor
 
         if image_dir is None:
@@ -131,12 +131,12 @@ def evaluate(
         if missing:
             log.warning("%d of %d images missing, evaluated without them", len(missing),
                         len(samples))
-        ds = pipeline.eval_dataset([p for _, p in found], np.stack([s.label for s, _ in found]),
-                                   input_size=predictor.input_size,
-                                   resize_method=predictor.ref.resize, batch_size=batch_size)
+        batches = feed.eval_batches([p for _, p in found], np.stack([s.label for s, _ in found]),
+                                    input_size=predictor.input_size,
+                                    resize_method=predictor.ref.resize, batch_size=batch_size)
         trues, preds, ids, failed = [], [], [], []
         index = 0
-        for batch, y, errors in ds.as_numpy_iterator():
+        for batch, y, errors in batches:
             ok = errors == b""
             if ok.any():
                 preds.append(predictor.predict_arrays(batch[ok]))

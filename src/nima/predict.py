@@ -91,7 +91,7 @@ class Predictor:
         pred = cls(resolve.resolve(source, config_file))
         fallback = backend == "auto"
         if fallback:
-            backend = "keras" if _maybe_gpu() and runtime.has_gpu() else "tflite"
+            backend = "keras" if _keras_is_faster() else "tflite"
         if backend == "tflite":
             try:
                 pred.runner = runtime.cached_runner(runtime.file_key(pred.ref.files),
@@ -123,10 +123,17 @@ class Predictor:
         yield from Scorer([Ensemble([self])]).score_files(paths, root, batch_size)
 
 
-def _maybe_gpu() -> bool:
+def _keras_is_faster() -> bool:
+    """Keras on a GPU; TFLite on CPUs, where TensorFlow is the Keras backend (the converter
+    needs it: under JAX or PyTorch, "auto" means Keras)."""
+    from nima import kerasbackend
+
+    if not kerasbackend.is_tensorflow():
+        return True
     # Cheap check before importing TensorFlow just to ask it: no NVIDIA driver, no GPU.
-    return os.path.exists("/proc/driver/nvidia/gpus") or os.path.exists("/dev/nvidia0") \
+    maybe_gpu = os.path.exists("/proc/driver/nvidia/gpus") or os.path.exists("/dev/nvidia0") \
         or bool(os.environ.get("NIMA_ASSUME_GPU"))
+    return maybe_gpu and kerasbackend.has_gpu()
 
 
 class Ensemble:

@@ -48,11 +48,6 @@ def cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def has_gpu() -> bool:
-    """Whether TensorFlow sees a GPU (then Keras is the fast path)."""
-    import tensorflow as tf
-
-    return bool(tf.config.list_physical_devices("GPU"))
 
 
 # --- Keras ------------------------------------------------------------------------------------
@@ -75,6 +70,9 @@ def convert_tflite(model) -> bytes:
     import contextlib
     import io
 
+    from nima import kerasbackend
+
+    kerasbackend.require_tensorflow("converting a model for the TFLite backend")
     from nima import export
 
     # The SavedModel step of a conversion may print to stdout, which may be carrying JSON

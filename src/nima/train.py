@@ -2,7 +2,8 @@
 
 Phase 1 ("dense") trains the head with the base frozen; phase 2 ("all") fine-tunes every
 layer at a lower learning rate. Everything lands in a job directory (`nima.jobs` has its
-layout and bookkeeping); `nima.distribute` spreads the work over devices and machines.
+layout and bookkeeping); `nima.distribute` spreads the work over devices and machines, on
+the running Keras backend (TensorFlow by default; JAX and PyTorch too, `nima.kerasbackend`).
 
 `nima train --resume JOB_DIR` continues a killed job from its last completed epoch, in the
 right phase, with the optimizer state it had.
@@ -20,12 +21,10 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from nima import files, images, jobs, labels, plots
+from nima import distribute, files, images, jobs, kerasbackend, labels, plots
 from nima.config import Config
-from nima.distribute import (SyncMovingStatistics, barrier, distributed_datasets, is_chief,
-                             make_strategy, task)
+from nima.distribute import is_chief, task
 from nima.errors import DataError, ImageError, ModelError, NimaError
 from nima.model import EMDLoss, build_model, set_base_trainable
 
@@ -75,7 +74,7 @@ def train(
         "image_dir": str(image_dir),
         "init_model": str(init_model) if init_model else None,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        "versions": kerasbackend.versions(),
     })
     with jobs.holding(job, is_chief()):
         return _run(config, samples, image_dir, job, jobs.Progress(None), source=job,
@@ -118,11 +117,11 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
     state = progress.state
     # First, before any other TensorFlow op: MultiWorkerMirroredStrategy must configure the
     # runtime's collectives before the eager context starts.
-    strategy = make_strategy(config.distribution)
+    dist = distribution(config.distribution)
 
     # Built before the data: a failed ImageNet download or a wrong --init-model shows at once,
     # not after minutes of probing a large image folder.
-    model = _build_model(config, strategy, init_model)
+    model = _build_model(config, dist, init_model)
 
     found, skipped = usable_images(samples, image_dir, job, config.max_missing_fraction)
     train_set, val_set = labels.split(found, config.validation_fraction, config.seed)
@@ -130,8 +129,8 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
 
     # --- input pipelines, sharded by worker and batched per replica -----------------------
     # batch_size is per replica: N replicas step on N x batch_size images at once.
-    global_batch = config.batch_size * strategy.num_replicas_in_sync
-    inputs = distributed_datasets(strategy, config, train_set, val_set, global_batch)
+    global_batch = config.batch_size * dist.replicas
+    inputs = dist.inputs(config, train_set, val_set)
 
     # --- the two phases --------------------------------------------------------------------
     # Images per epoch over all replicas: fit() steps through `steps` global batches, or
@@ -139,11 +138,12 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
     per_epoch = len(train_set) if inputs.steps is None else inputs.steps * global_batch
     recorder = EpochRecorder(job, state, images_per_epoch=per_epoch)
     all_phases = phases(config)
+    callbacks = [*dist.callbacks(), recorder, *tensorboard(job)]
     restore_index = [p.name for p in all_phases].index(state["phase"]) if state else -1
     for index, phase in enumerate(all_phases):
         if phase.start == phase.end or index < restore_index:
             continue
-        with strategy.scope():
+        with dist.scope():
             set_base_trainable(model, phase.train_base)
             schedule = keras.optimizers.schedules.InverseTimeDecay(
                 phase.learning_rate, decay_steps=1, decay_rate=phase.decay)
@@ -165,8 +165,7 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
             validation_steps=inputs.validation_steps,
             shuffle=False,  # the dataset reshuffles itself every epoch
             verbose=1 if sys.stdout.isatty() else 2,
-            callbacks=[SyncMovingStatistics(strategy), recorder, keras.callbacks.TensorBoard(
-                log_dir=str(job / "logs"), write_graph=False, profile_batch=0)])
+            callbacks=callbacks)
 
     # --- results ---------------------------------------------------------------------------
     files.save_keras(model, job / "model.keras")
@@ -176,21 +175,30 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
         "n_validation": len(val_set), "epochs": recorder.epochs_done,
         "best_epoch": recorder.best_epoch, "best_" + recorder.monitor: recorder.best,
         "training_seconds": round(seconds, 1),
-        "replicas": strategy.num_replicas_in_sync, "global_batch_size": global_batch,
+        "replicas": dist.replicas, "global_batch_size": global_batch,
         "train_images_per_second": throughput(recorder.rows),
     }
     jobs.write_summary(job, summary)
-    barrier(strategy)
+    dist.barrier()
     log.info("done in %.0f s: best %s %.4f at epoch %s; model in %s", seconds, recorder.monitor,
              recorder.best, recorder.best_epoch, job)
     return job
 
 
-def _build_model(config: Config, strategy: tf.distribute.Strategy,
+def distribution(name: str) -> distribute.Distribution:
+    """tf.distribute under TensorFlow, keras.distribution under JAX or PyTorch."""
+    if kerasbackend.is_tensorflow():
+        from nima.tfdistribute import TFDistribution
+
+        return TFDistribution(name)
+    return distribute.KerasDistribution(name)
+
+
+def _build_model(config: Config, dist: distribute.Distribution,
                  init_model: str | Path | None) -> keras.Model:
-    """The model under the distribution strategy, from `init_model`'s weights if given."""
+    """The model under the distribution, from `init_model`'s weights if given."""
     previous_policy = keras.mixed_precision.global_policy()
-    if config.mixed_precision and not tf.config.list_logical_devices("GPU"):
+    if config.mixed_precision and not kerasbackend.has_gpu():
         log.warning("mixed_precision is on but no GPU is visible: float16 on a CPU is slower "
                     "than float32 (set \"mixed_precision\": false, as the *_cpu configs do)")
     if config.mixed_precision:
@@ -198,7 +206,7 @@ def _build_model(config: Config, strategy: tf.distribute.Strategy,
         # EMDLoss) and compile() wraps the optimizer in a LossScaleOptimizer.
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        with strategy.scope():
+        with dist.scope():
             model = build_model(config.replace(base_weights=None) if init_model else config)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
@@ -206,6 +214,17 @@ def _build_model(config: Config, strategy: tf.distribute.Strategy,
         copy_weights(init_model, config, model)
     model.summary(print_fn=lambda line, **_: log.debug(line))
     return model
+
+
+def tensorboard(job: Path) -> list[keras.callbacks.Callback]:
+    """TensorBoard logs in job/logs where tf.summary exists (TensorFlow installed, any
+    backend); history.json/csv/png are written either way."""
+    if not kerasbackend.has_tensorboard():
+        log.info("TensorFlow is not installed: no TensorBoard logs (history.json has the "
+                 "same numbers)")
+        return []
+    return [keras.callbacks.TensorBoard(log_dir=str(job / "logs"), write_graph=False,
+                                        profile_batch=0)]
 
 
 def _restore(model: keras.Model, weights: Path) -> None:
