@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Wheels for bench/gpu.py on a GPU machine that has JAX, NumPy, Pillow, SciPy, scikit-learn,
+# h5py, ml-dtypes, rich and absl but no Keras and no internet: Keras, its two missing needs
+# (namex, optree) and this package, into .whl/ (git-ignored; about 3 MB). The machine then runs
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
+#     && PYTHONPATH=/tmp/site KERAS_BACKEND=jax python3 bench/gpu.py --out "$OUT"
+# Python 3.12, x86-64 manylinux: the lent machine's (override with PYVER=3.11 etc.).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pyver=${PYVER:-3.12}
+rm -rf .whl && mkdir .whl
+keras=$(.venv/bin/python -c "import keras; print(keras.__version__)")
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$pyver" \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d .whl "keras==$keras" namex optree
+python3 -m pip wheel -q --no-deps -w .whl .
+ls -l .whl
+du -sh .whl
