@@ -27,9 +27,10 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
 HIDE_TF = REPO / "tests" / "hide_tensorflow"
 
 
-def backend_env(backend: str, hide_tensorflow: bool = True, **extra: str) -> dict:
-    """The environment of a `nima` process on `backend`, TensorFlow hidden unless asked."""
-    path = [str(HIDE_TF)] if hide_tensorflow else []
+def backend_env(backend: str, path: tuple[Path, ...] = (), **extra: str) -> dict:
+    """The environment of a `nima` process on `backend`, TensorFlow hidden, `path` first on
+    its module path."""
+    path = [str(HIDE_TF), *map(str, path)]
     path += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": os.pathsep.join(path),
             "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu", **extra}
@@ -94,7 +95,7 @@ def test_jax_predict_evaluate_and_api_without_tensorflow(jax_job):
         "import json, sys, nima\n"
         f"model = nima.load({str(job)!r})\n"
         f"results = model.predict(images={str(d / 'images' / 'img0000.jpg')!r})\n"
-        "assert 'tensorflow' not in sys.modules\n"
+        "assert sys.modules['tensorflow'] is None  # hidden, never imported\n"
         "print(json.dumps(results))")], capture_output=True, text=True, env=env, timeout=300)
     assert api.returncode == 0, api.stderr[-3000:]
     (one,) = json.loads(api.stdout)
