@@ -29,6 +29,9 @@ log = logging.getLogger("nima")
 def _train(p: argparse.ArgumentParser) -> options.Run:
     """Train a NIMA model: phase 1 trains the head on a frozen base, phase 2 fine-tunes all
     layers. Results go to a job directory.
+
+    Runs on the Keras backend KERAS_BACKEND names: tensorflow (the default), jax or torch
+    (docs/backends.md).
     """
     options.add_options(p, options.TRAIN)
 
