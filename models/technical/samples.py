@@ -1,7 +1,7 @@
 """Write the README sample photos (data/samples/) from held-out source photos.
 
 Only photos of the test split (never seen in training) are used: three pristine, four with one
-visible defect each, so the scores the default model gives them differ. Each is a 3:2 (or 2:3)
+visible defect each, so the scores the technical model gives them differ. Each is a 3:2 (or 2:3)
 centre crop, 288 pixels on its long side (near the model's 192-pixel input, so the defects
 reach it at about the scale it was trained on), saved as JPEG quality 95; the defects are
 level 4 of `nima data distort` (the 'jpeg' sample is saved at quality 7).

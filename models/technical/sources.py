@@ -1,4 +1,4 @@
-"""Fetch and prepare the pristine source photographs of the default model, reproducibly.
+"""Fetch and prepare the pristine source photographs of the technical model, reproducibly.
 
 Every source is a real photograph (no drawings, renders or abstract wallpapers) that this
 machine can install from a package registry: scikit-image's bundled data images, scikit-learn's
