@@ -16,9 +16,9 @@ from scoring_model import shared_scoring_model
 pytest.importorskip("tensorflow")
 
 import nima  # noqa: E402
-from nima import cli, images  # noqa: E402
+from nima import cli, images, resolve  # noqa: E402
 from nima.errors import ImageError, ModelError  # noqa: E402
-from nima.predict import result_fields  # noqa: E402
+from nima.results import result_fields  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +66,10 @@ def test_default_model_and_missing_default(model_and_images, tmp_path, monkeypat
     monkeypatch.setenv("NIMA_MODELS_DIR", str(tmp_path))
     with pytest.raises(ModelError, match="default model is missing"):
         nima.load()
-    shutil.copytree(model_and_images[0].info["model"].rsplit("/", 1)[0], tmp_path / "default")
+    shutil.copytree(model_and_images[0].info["model"].rsplit("/", 1)[0],
+                    tmp_path / resolve.DEFAULT)
     loaded = nima.load()
-    assert loaded.info["model"] == str(tmp_path / "default" / "model.keras")
+    assert loaded.info["model"] == str(tmp_path / resolve.DEFAULT / "model.keras")
     path = model_and_images[1][0]
     assert loaded.predict(images=path) == model_and_images[0].predict(images=path)
 

@@ -1,4 +1,4 @@
-"""The shipped default model (models/technical/) ranks damage the right way on photos it never saw.
+"""The shipped technical model (models/technical/) ranks damage the right way on photos it never saw.
 
 The pristine README samples come from source photos held out of training; each is distorted
 here at level 5 (and level 2 for the ordering check) with the same functions that made the
@@ -15,7 +15,8 @@ import pytest
 
 from nima import images
 from nima.data import distort
-from nima.predict import Predictor, default_model_path
+from nima import resolve
+from nima.predict import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
 PRISTINE = ["dogs.jpg", "rocket.jpg", "bird-lamps.jpg"]
@@ -23,11 +24,12 @@ PRISTINE = ["dogs.jpg", "rocket.jpg", "bird-lamps.jpg"]
 
 @pytest.fixture(scope="module")
 def predictor() -> Predictor:
-    return Predictor.load()  # no argument: the default model
+    return Predictor.load("technical")  # by name
 
 
-def test_default_model_is_the_shipped_technical_model(predictor: Predictor):
-    assert default_model_path() == REPO / "models" / "technical"
+def test_the_name_technical_is_the_shipped_technical_model(predictor: Predictor):
+    assert resolve.model_file("technical") == (REPO / "models" / "technical" / "model.keras",
+                                               "technical")
     assert predictor.info["task"] == "technical"
     assert predictor.input_size == json.loads(
         (REPO / "models" / "technical" / "config.json").read_text())["input_size"]

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import make_images, tiny_config
 
-from nima import train
+from nima import distribute, train
 
 
 def _free_ports(n: int) -> list[int]:
@@ -68,10 +68,10 @@ def rounding(row: dict, images: int) -> float:
 
 def test_shard_equal_slices_cover_disjoint_items():
     items = list(range(11))
-    parts = [train.shard(items, 3, i, equal=True) for i in range(3)]
+    parts = [distribute.shard(items, 3, i, equal=True) for i in range(3)]
     assert [len(p) for p in parts] == [3, 3, 3]
     assert not set(parts[0]) & set(parts[1]) and not set(parts[1]) & set(parts[2])
-    uneven = [train.shard(items, 3, i, equal=False) for i in range(3)]
+    uneven = [distribute.shard(items, 3, i, equal=False) for i in range(3)]
     assert sorted(sum(uneven, [])) == items
 
 

@@ -15,8 +15,9 @@ from scoring_model import shared_scoring_model
 
 tf = pytest.importorskip("tensorflow")
 
-from nima import cli, export, images  # noqa: E402
-from nima.predict import Predictor, result_fields  # noqa: E402
+from nima import cli, export, images, tfimages  # noqa: E402
+from nima.predict import Predictor  # noqa: E402
+from nima.results import result_fields  # noqa: E402
 
 FP32_TOLERANCE = 1e-4
 RATINGS = np.arange(1, 11)
@@ -121,7 +122,7 @@ def test_graph_decoder_matches_pillow_path(setup):
     white, grayscale, GIF, EXIF rotation, small images upscaled."""
     predictor, paths, pixels, _ = setup
     for path, pil in zip(paths, pixels):
-        tfpix = export.decode_image(tf.constant(path.read_bytes()), predictor.input_size)
+        tfpix = tfimages.decode_image(tf.constant(path.read_bytes()), predictor.input_size)
         np.testing.assert_array_equal(tfpix.numpy(), pil, err_msg=path.name)
 
 
@@ -140,7 +141,7 @@ def test_graph_resize_and_exif_match_pillow_on_any_shape(size, tmp_path):
         exif[0x0112] = i % 8 + 1
         path = tmp_path / f"{i}.jpg"
         photo.resize((w, h)).save(path, quality=90, exif=exif)
-        tfpix = export.decode_image(tf.constant(path.read_bytes()), size).numpy()
+        tfpix = tfimages.decode_image(tf.constant(path.read_bytes()), size).numpy()
         np.testing.assert_array_equal(tfpix, images.load_image(path, size),
                                       err_msg=f"{w}x{h} orientation {i % 8 + 1}")
 
@@ -151,7 +152,7 @@ def test_savedmodel_bytes_signature_is_decoder_plus_model(savedmodel, setup):
     size = predictor.input_size
     data = [p.read_bytes() for p in paths]
     out = loaded.signatures["serving_default"](image_bytes=tf.constant(data))
-    decoded = np.stack([export.decode_image(tf.constant(d), size).numpy() for d in data])
+    decoded = np.stack([tfimages.decode_image(tf.constant(d), size).numpy() for d in data])
     assert_outputs_match({k: v.numpy() for k, v in out.items()},
                          predictor.predict_arrays(decoded), FP32_TOLERANCE)
     # The decoder reproduces the Pillow path's pixels, so files score as `nima predict` does.

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, make_images, tiny_config
-from nima import launch
-from nima.launch import LaunchError, container_path, host_path
+from nima import container, launch
+from nima.container import LaunchError, container_path, host_path
 
 
 def _args(command: str, *argv: str):
@@ -242,11 +242,55 @@ def test_plan_predict_mounts_what_nima_reads_beside_a_model_file(inputs, tmp_pat
     assert all(b["mode"] == "ro" for b in spec.binds.values())
 
 
+def test_plan_predict_passes_a_model_name_on_unmounted(inputs, tmp_path, monkeypatch):
+    """`--model aesthetic` names a model shipped in the image: neither refused nor mounted.
+    A path that exists is still mounted, even one with a bare name; a missing path is refused."""
+    _, images, _ = inputs
+    monkeypatch.chdir(tmp_path)
+    spec = launch.plan_predict(*_args("predict", "--image-source", str(images), "--model",
+                                      "aesthetic", "--model", "technical"))
+    assert spec.command == ["predict", "--image-source", f"/host{images}", "--weights-file",
+                            "aesthetic", "--weights-file", "technical"]
+    assert list(spec.binds) == [str(images)]
+    (tmp_path / "aesthetic").mkdir()
+    spec = launch.plan_predict(*_args("predict", "--image-source", str(images), "--model",
+                                      "aesthetic"))
+    assert spec.command[-1] == f"/host{tmp_path}/aesthetic"
+    for missing in ("gone.keras", "models/aesthetic"):
+        with pytest.raises(LaunchError, match=f"weights file not found: {missing}"):
+            launch.plan_predict(*_args("predict", "--image-source", str(images), "--model",
+                                       missing))
+
+
+def test_a_predict_option_is_one_line_in_nima_options(inputs, tmp_path):
+    """--also is one line in options.PREDICT: it reaches `nima predict` and the launcher,
+    which checks and mounts what it names (a repeatable extra model, or a shipped model's
+    name, passed through) with no other change."""
+    from nima import cli
+
+    _, images, _ = inputs
+    extra = tmp_path / "extra.keras"
+    extra.write_bytes(b"x")
+    a = cli.build_parser().parse_args(["predict", "--image-source", str(images), "--also",
+                                       str(extra), "--also", "technical"])
+    assert a.also == [extra, Path("technical")]
+    assert "--also MODEL" in launch._parser("predict").format_help()
+    spec = launch.plan_predict(*_args("predict", "--image-source", str(images), "--also",
+                                      str(extra), "--also", "technical", "--format", "csv"))
+    assert spec.command == ["predict", "--image-source", f"/host{images}", "--also",
+                            f"/host{extra}", "--also", "technical", "--format", "csv"]
+    assert spec.binds[str(extra)]["mode"] == "ro"
+    with pytest.raises(LaunchError, match="model not found: .*nope.keras"):
+        launch.plan_predict(*_args("predict", "--image-source", str(images), "--also",
+                                   str(tmp_path / "nope.keras")))
+
+
 def test_binds_become_mounts_that_allow_a_colon_in_a_path():
     pytest.importorskip("docker")
-    got = launch.mounts({"/data/shots 10:15": {"bind": "/host/data/shots 10:15", "mode": "ro"},
-                         "/data/job": {"bind": "/host/data/job", "mode": "rw"},
-                         "nima-cache-1000": {"bind": "/home/nima/.cache", "mode": "rw"}})
+    got = container.mounts({
+        "/data/shots 10:15": {"bind": "/host/data/shots 10:15", "mode": "ro"},
+        "/data/job": {"bind": "/host/data/job", "mode": "rw"},
+        "nima-cache-1000": {"bind": "/home/nima/.cache", "mode": "rw"}})
     assert [(m["Type"], m["Source"], m["Target"], m["ReadOnly"]) for m in got] == [
         ("bind", "/data/shots 10:15", "/host/data/shots 10:15", True),
         ("bind", "/data/job", "/host/data/job", False),
@@ -254,7 +298,7 @@ def test_binds_become_mounts_that_allow_a_colon_in_a_path():
 
 
 def test_same_path_mounted_read_write_wins():
-    spec = launch.RunSpec(command=[])
+    spec = container.RunSpec(command=[])
     spec.mount("/data/x", "ro")
     spec.mount("/data/x", "rw")
     spec.mount("/data/x", "ro")
@@ -286,10 +330,10 @@ def test_gpu_image_for_gpu_configs_and_for_resuming_a_gpu_job(inputs, tmp_path):
 
 
 def test_gpu_config_names_and_device_request():
-    assert launch._is_gpu_config(Path("models/MobileNet/config_aesthetic_gpu.json"))
-    assert not launch._is_gpu_config(Path("config_aesthetic_cpu.json"))
-    assert not launch._is_gpu_config(Path("gpux.json"))
-    req = launch.gpu_request()
+    assert container.is_gpu_config(Path("models/MobileNet/config_aesthetic_gpu.json"))
+    assert not container.is_gpu_config(Path("config_aesthetic_cpu.json"))
+    assert not container.is_gpu_config(Path("gpux.json"))
+    req = container.gpu_request()
     assert req["Count"] == -1 and req["Capabilities"] == [["gpu"]]
 
 
@@ -298,11 +342,11 @@ def test_image_tag_follows_the_source(tmp_path: Path):
     (repo / "src" / "nima").mkdir(parents=True)
     (repo / "src" / "nima" / "a.py").write_text("x = 1\n")
     (repo / "Dockerfile.cpu").write_text("FROM x\n")
-    t1 = launch.image_tag("cpu", repo)
-    assert t1.startswith("nima-cpu:") and t1 == launch.image_tag("cpu", repo)
-    assert launch.image_tag("cpu", repo, base_image="other:1") != t1
+    t1 = container.image_tag("cpu", repo)
+    assert t1.startswith("nima-cpu:") and t1 == container.image_tag("cpu", repo)
+    assert container.image_tag("cpu", repo, base_image="other:1") != t1
     (repo / "src" / "nima" / "a.py").write_text("x = 2\n")
-    assert launch.image_tag("cpu", repo) != t1
+    assert container.image_tag("cpu", repo) != t1
 
 
 def test_launcher_does_not_import_tensorflow():
@@ -371,10 +415,10 @@ def test_train_remote_gives_up_on_an_ssh_host_that_does_not_answer(tmp_path, ssh
 
 def test_cache_volumes_are_per_user():
     """What one uid creates in a cache volume, another cannot extend: one set per user."""
-    assert launch.cache_volumes("4242:4242") == {
+    assert container.cache_volumes("4242:4242") == {
         "nima-keras-cache-4242": {"bind": "/home/nima/.keras", "mode": "rw"},
         "nima-cache-4242": {"bind": "/home/nima/.cache", "mode": "rw"}}
-    assert set(launch.cache_volumes("nima")) == {"nima-keras-cache-nima", "nima-cache-nima"}
+    assert set(container.cache_volumes("nima")) == {"nima-keras-cache-nima", "nima-cache-nima"}
 
 
 def test_train_remote_refuses_a_jobs_dir_it_cannot_write_before_connecting(inputs, tmp_path,

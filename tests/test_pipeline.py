@@ -112,3 +112,20 @@ def test_failed_images_weigh_nothing_and_eval_keeps_order(coded, tmp_path):
                                  weighted=True).as_numpy_iterator())
     assert weighted[0][2].tolist() == [1, 1, 1, 0, 1, 1, 1]
     assert weighted[1][2].tolist() == [1] * 4
+
+
+@pytest.mark.parametrize("method", ["nearest", "bilinear"])
+def test_pipelines_resize_with_the_models_method(coded, method):
+    """A model trained on NEAREST resizes (Keras 2 load_img) must get them in training and
+    validation too: both pipelines resize each file exactly as images.load_image does."""
+    paths, labels, _ = coded
+    size = 24  # a downscale from 40, where the methods differ
+    want = [images.load_image(p, size, method) for p in paths]
+    assert method == "bilinear" or not np.array_equal(want[0], images.load_image(paths[0], size))
+    got = [img for batch in eval_dataset(paths, labels, input_size=size, resize_method=method,
+                                         batch_size=4).as_numpy_iterator() for img in batch[0]]
+    np.testing.assert_array_equal(np.stack(got), np.stack(want))
+    train = train_dataset(paths, labels, input_size=size, resize_size=None, resize_method=method,
+                          batch_size=4, random_crop=False, horizontal_flip=False)
+    for img, label, _ in zip(*next(iter(train.unbatch().batch(N).as_numpy_iterator()))):
+        np.testing.assert_array_equal(img, want[int(np.argmax(label))])

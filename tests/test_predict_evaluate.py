@@ -191,7 +191,7 @@ def test_evaluate_errors_are_one_line(tmp_path, model_file, capsys):
 def test_undefined_correlations_read_n_a(tmp_path):
     """A constant prediction (the prior baseline) has no correlation: the table, on stdout and
     in report.html, says n/a, as docs/reports.md promises, not nan."""
-    from nima import report
+    from nima import evaluation_report as report
 
     y_true = np.random.default_rng(0).dirichlet(np.ones(10), size=20)
     y_pred = np.broadcast_to(y_true.mean(axis=0), y_true.shape)

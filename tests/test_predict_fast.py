@@ -70,7 +70,7 @@ def real_images(directory: Path) -> Path:
 
 
 def load_results(path: Path) -> list[dict]:
-    from nima.predict import read_results
+    from nima.results import read_results
 
     return list(read_results(path))
 
@@ -107,7 +107,8 @@ def test_tflite_equals_keras_on_real_images(env, tmp_path, monkeypatch):
 
 
 def test_shards_score_every_image_once_and_merge(env, tmp_path):
-    from nima.predict import merge, predict
+    from nima.predict import predict
+    from nima.results import merge
 
     _, models = env
     folder = tmp_path / "img"
@@ -143,7 +144,7 @@ def test_shards_score_every_image_once_and_merge(env, tmp_path):
 
 def test_merge_prefers_a_score_over_an_error_and_validates(tmp_path):
     from nima.errors import DataError
-    from nima.predict import merge
+    from nima.results import merge
 
     ok = {"image_id": "a", "image": "a.jpg", "predictions": [0.1] * 10,
           "mean_score_prediction": 5.5, "sd_score_prediction": 2.87}
@@ -256,7 +257,8 @@ def test_resume_cuts_a_half_written_last_line(env, tmp_path, cut):
 def test_resume_refuses_a_different_run(env, tmp_path):
     """Partial results of one model (or folder, or shard) must not be completed by another."""
     from nima.errors import NimaError
-    from nima.predict import predict, run_path
+    from nima.predict import predict
+    from nima.partial import run_path
 
     _, models = env
     folder, full, lines = _complete_run(models["a"], tmp_path)
@@ -419,7 +421,8 @@ def test_a_second_run_on_the_same_file_is_refused(env, tmp_path):
 
 
 def test_merged_shards_are_in_the_order_of_one_run(env, tmp_path):
-    from nima.predict import merge, predict
+    from nima.predict import predict
+    from nima.results import merge
 
     _, models = env
     folder = tmp_path / "img"
@@ -465,7 +468,8 @@ def test_resume_without_partial_results_says_so(env, tmp_path, caplog):
 
 def test_a_directory_as_output_is_refused_before_scoring(env, tmp_path):
     from nima.errors import NimaError
-    from nima.predict import merge, predict
+    from nima.predict import predict
+    from nima.results import merge
 
     _, models = env
     make_images(tmp_path / "img", 2)
@@ -528,7 +532,7 @@ def test_a_model_returning_nan_gives_error_entries_and_strict_json(env, tmp_path
     import keras
 
     from nima.cli import main
-    from nima.predict import merge
+    from nima.results import merge
 
     _, models = env
     model = keras.saving.load_model(models["a"])

@@ -19,7 +19,8 @@ from conftest import make_images, tiny_config
 from PIL import Image
 from report_helpers import Page, decode_data_uri, external_urls, scored_folder, write_json
 
-from nima import cli, plots, predict, report
+from nima import cli, evaluation_report, plots, report
+from nima import results as result_files
 
 
 def png_ok(path: Path, min_size: tuple[int, int] = (200, 150)) -> np.ndarray:
@@ -102,8 +103,9 @@ def test_history_plot_without_matplotlib_only_warns(tmp_path, caplog, monkeypatc
 def _check_eval_report(report_dir: Path, metrics: dict) -> Page:
     text = (report_dir / "report.html").read_text()
     page = Page(text)
-    assert sorted(u for u in page.urls if not u.startswith("data:")) == sorted(report.EVAL_FIGURES)
-    for name in report.EVAL_FIGURES:
+    figures = evaluation_report.EVAL_FIGURES
+    assert sorted(u for u in page.urls if not u.startswith("data:")) == sorted(figures)
+    for name in evaluation_report.EVAL_FIGURES:
         png_ok(report_dir / name)
     assert f"{metrics['emd_r2']:.4f}" in text
     assert not external_urls(text, page)
@@ -151,8 +153,9 @@ def test_evaluation_report_lists_the_largest_errors_with_their_images(tmp_path):
     y_pred = np.array([gaussian_label(float(np.clip(m + d, 1, 10)))
                        for m, d in zip(scores.mean_score(y_true), shift)])
     result = {"model": "m", **evaluate.metrics(y_true, y_pred)}
-    page = report.write_evaluation_report(tmp_path / "rep", ids, y_true, y_pred, result,
-                                          image_dir=tmp_path / "images").read_text()
+    page = evaluation_report.write_evaluation_report(tmp_path / "rep", ids, y_true, y_pred,
+                                                     result, image_dir=tmp_path / "images"
+                                                     ).read_text()
     table = page.split('<table id="worst">')[1]
     found = re.findall(r'<tr><td><img src="(data:[^"]+)" alt="([^"]+)">([^<]+)</td>'
                        r"<td>([-\d.]+)</td><td>([-\d.]+)</td><td>([-+\d.]+)</td>"
@@ -224,7 +227,7 @@ def test_gallery_sorted_with_thumbnails_failures_and_no_urls(tmp_path):
 
 
 def test_json_jsonl_and_csv_give_the_same_gallery(tmp_path):
-    from nima.predict import ResultWriter
+    from nima.results import ResultWriter
 
     image_dir, results = scored_folder(tmp_path)
     pages = []
@@ -299,7 +302,7 @@ def test_json_array_is_streamed_in_any_layout(tmp_path):
     assert list(report.read_predictions(one_line)) == json.loads(one_line.read_text())
     # Chunk boundaries anywhere inside an object: tiny chunks must give the same entries.
     with open(one_line, encoding="utf-8") as f:
-        assert list(predict._json_array(f, one_line, chunk=7)) == results
+        assert list(result_files._json_array(f, one_line, chunk=7)) == results
 
 
 @pytest.mark.parametrize("content, message", [
@@ -339,12 +342,12 @@ def test_non_utf8_file_names_survive_every_format(tmp_path):
     name = os.fsdecode(b"caf\xe9.jpg")  # "caf\udce9.jpg"
     results[1] = dict(results[1], image=name, image_id=name[:-4])
     for fmt in ("csv", "jsonl"):
-        with predict.ResultWriter(tmp_path / f"p.{fmt}", fmt) as writer:
+        with result_files.ResultWriter(tmp_path / f"p.{fmt}", fmt) as writer:
             for r in results:
                 writer.write(r)
     assert b"caf\xe9.jpg" in (tmp_path / "p.csv").read_bytes()
-    assert predict.merge(tmp_path / "m.jsonl", [tmp_path / "p.csv"]) == (4, 1)
-    assert [r["image"] for r in predict.read_results(tmp_path / "m.jsonl")] == \
+    assert result_files.merge(tmp_path / "m.jsonl", [tmp_path / "p.csv"]) == (4, 1)
+    assert [r["image"] for r in result_files.read_results(tmp_path / "m.jsonl")] == \
         [r["image"] for r in results]
     for fmt in ("csv", "jsonl"):
         out = tmp_path / f"g-{fmt}.html"

@@ -1,7 +1,8 @@
 """The Python API: `nima.load()` returns a model that scores images in one call.
 
     import nima
-    model = nima.load()                          # the shipped default model (models/technical)
+    model = nima.load()                          # the default model: "aesthetic"
+    model = nima.load("technical")               # a shipped model by name (nima.resolve)
     model = nima.load("train_jobs/20260101-1200")  # a job dir, a .keras file, or a
                                                   # .weights.h5 file with config_file=...
     model.predict(images="photos/")               # a folder (recursive), a file, a list of
@@ -15,16 +16,16 @@ the input (0 for a single image) and image is None. A file that cannot be decode
 `error` entry instead of scores, as in the CLI; a missing folder or an unusable array raises
 ImageError.
 
-Images are resized the same way as everywhere in the toolkit (`nima.images`: Pillow,
-bilinear, squashed to the model's square input, no crop). Numpy arrays are RGB (or gray /
-RGBA) with values 0..255, uint8 or float (floats are rounded to uint8 before the resize).
-A large JPEG file is decoded at reduced DCT scale first (draft mode, as in training); a PIL
-image or array of it is resized from all its pixels, so its scores differ slightly.
+Images are resized the way the model was trained (`nima.images`: squashed to the model's
+square input, no crop, with the model's own resize, bilinear or nearest). Numpy arrays are
+RGB (or gray / RGBA) with values 0..255, uint8 or float (floats are rounded to uint8 before
+the resize). For a bilinear model a large JPEG file is decoded at reduced DCT scale first
+(draft mode, as in training); a PIL image or array of it is resized from all its pixels, so
+its scores differ slightly.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -36,7 +37,10 @@ from PIL import Image, ImageOps
 
 from nima import images as image_io
 from nima.errors import ImageError
-from nima.predict import Predictor, _relative, result_fields
+from nima.images import View
+from nima.predict import Predictor
+from nima.resolve import config_default
+from nima.results import relative_name, result_fields
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +58,12 @@ class _Item:
     path: Path | None = None
     pixels: np.ndarray | None = None  # uint8 (H, W, 3)
 
-    def load(self, size: int) -> np.ndarray:
-        """uint8 (size, size, 3), through the toolkit's one resize."""
+    def load(self, view: View) -> np.ndarray:
+        """uint8 (size, size, 3), through the toolkit's one decoder and resize."""
+        size, method = view
         if self.path is not None:
-            return image_io.load_image(self.path, size)
-        return _resize(self.pixels, size)
+            return image_io.load_image(self.path, size, method)
+        return image_io.resize(Image.fromarray(self.pixels), size, method)
 
 
 @dataclass
@@ -104,14 +109,14 @@ class NimaModel:
 
     def _views(self, item: _Item, augmented: bool) -> np.ndarray:
         """(V, size, size, 3) uint8: the image, plus its flip and crops when augmented."""
-        size = self.input_size
-        full = item.load(size)
+        size, method = self.predictor.view
+        full = item.load((size, method))
         if not augmented:
             return full[None]
         views = [full, full[:, ::-1]]
         big_size = self.crop_source_size
         if big_size and big_size > size:
-            big = item.load(big_size)
+            big = item.load((big_size, method))
             m = big_size - size
             for y, x in ((m // 2, m // 2), (0, 0), (0, m), (m, 0), (m, m)):
                 views.append(big[y:y + size, x:x + size])
@@ -143,30 +148,25 @@ class NimaModel:
 
 def load(source: str | os.PathLike | None = None, config_file: str | os.PathLike | None = None,
          backend: str = "auto") -> NimaModel:
-    """Load a model: None = the shipped default (`nima.predict.default_model_path()`), or a
-    `.keras` file, a training job / model directory, or a `.weights.h5` file (its config
-    from `config_file` or the config.json beside it). `backend` as in `nima predict`: "auto"
-    (the default, TFLite on CPU, Keras on a GPU) gives exactly the CLI's scores."""
+    """Load a model: None = the default ("aesthetic"), a shipped model's name ("technical"),
+    a `.keras` file, a training job / model directory, or weights (`.weights.h5`, Keras 2
+    `.hdf5`) with their config from `config_file` or the config.json beside them (see
+    nima.resolve). `backend` as in `nima predict`: "auto" (the default, TFLite on CPU, Keras
+    on a GPU) gives exactly the CLI's scores."""
     predictor = Predictor.load(source, config_file, backend=backend)
-    return NimaModel(predictor, _crop_source_size(predictor, config_file))
+    return NimaModel(predictor, _crop_source_size(predictor))
 
 
-def _crop_source_size(predictor: Predictor, config_file) -> int | None:
-    """The training resize_size when crops were used; a 256/224 ratio when unknown."""
+def _crop_source_size(predictor: Predictor) -> int | None:
+    """The training resize_size when crops were used, None without crops; for a model without
+    a training config, NIMA's 256/224 ratio."""
     size = predictor.input_size
-    default = round(size * DEFAULT_CROP_RATIO)
-    path = Path(config_file) if config_file else Path(predictor.info.get("model", ".")).parent
-    if path.is_dir():
-        path = path / "config.json"
-    if not path.is_file():
-        return default
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return default
-    if not config.get("random_crop", True):
+    config = predictor.ref.training_config()
+    if not config:
+        return round(size * DEFAULT_CROP_RATIO)
+    if not config.get("random_crop", config_default("random_crop")):
         return None
-    resize = config.get("resize_size", 256)
+    resize = config.get("resize_size", config_default("resize_size"))
     return int(resize) if resize and int(resize) > size else None
 
 
@@ -180,7 +180,7 @@ def _items(images: Any) -> tuple[list[_Item], Path | None]:
             raise ImageError(f"image source not found: {source}")
         if source.is_dir():
             paths = list(image_io.iter_image_files(source))
-            return [_Item(p.stem, _relative(p, source), path=p) for p in paths], source
+            return [_Item(p.stem, relative_name(p, source), path=p) for p in paths], source
         return [_Item(source.stem, source.name, path=source)], source.parent
     if isinstance(images, Image.Image):
         return [_Item(0, None, pixels=_pil_pixels(images))], None
@@ -240,12 +240,3 @@ def _array_pixels(a: np.ndarray, index: int) -> np.ndarray:
     if a.shape[-1] == 4:
         return np.asarray(image_io.to_rgb(Image.fromarray(a, "RGBA")), dtype=np.uint8)
     return a
-
-
-def _resize(pixels: np.ndarray, size: int) -> np.ndarray:
-    """The same bilinear squash as `images.load_image`."""
-    if pixels.shape[:2] == (size, size):
-        return pixels
-    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR),
-                      dtype=np.uint8)
-

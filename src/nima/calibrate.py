@@ -72,13 +72,14 @@ def calibrate_file(model_file: str | Path, samples_file: str | Path, image_dir: 
                    seed: int = 0) -> int:
     """`nima calibrate`: load a model, re-estimate its BatchNorm statistics on `batches`
     random batches of the labelled training images, save it. Returns the batches used."""
-    from nima import files, labels, pipeline
+    from nima import files, labels, pipeline, resolve
     from nima.errors import DataError
-    from nima.model import load_model, model_input_size
+    from nima.model import model_input_size
 
     if not str(output_file).endswith(".keras"):  # Keras would write a .keras zip under any name
         raise DataError(f"--output-file must end in .keras, not {Path(output_file).name}")
-    model = load_model(model_file)
+    ref = resolve.resolve(model_file)
+    model = ref.load()
     samples = labels.load_samples(samples_file)
     found, _ = labels.find_images(samples, image_dir)
     if not found:
@@ -86,7 +87,8 @@ def calibrate_file(model_file: str | Path, samples_file: str | Path, image_dir: 
     order = np.random.default_rng(seed).permutation(len(found))[:batches * batch_size]
     paths = [found[i][1] for i in order]
     ds = pipeline.eval_dataset(paths, np.stack([found[i][0].label for i in order]),
-                               input_size=model_input_size(model), batch_size=batch_size)
+                               input_size=model_input_size(model), resize_method=ref.resize,
+                               batch_size=batch_size)
     # Unreadable images are dropped from their batch (a batch of them, entirely).
     n = recalibrate_batchnorm(model, (x[err == b""] for x, _, err in ds.as_numpy_iterator()))
     if n == 0:

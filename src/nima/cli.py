@@ -15,41 +15,25 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+from nima import options
+from nima.data import commands as data_commands
+from nima.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
+from nima.options import UsageError
+
 
 log = logging.getLogger("nima")
 
 
-def _train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a NIMA model (two phases, EMD loss)",
-                       description="Train a NIMA model: phase 1 trains the head on a frozen "
-                       "base, phase 2 fine-tunes all layers. Results go to a job directory.")
-    p.add_argument("--config-file", type=Path, help="JSON config, e.g. "
-                   "models/MobileNet/config_aesthetic_cpu.json")
-    p.add_argument("--samples-file", type=Path, help="label JSON: "
-                   '[{"image_id": ..., "label": [10 numbers]}, ...]')
-    p.add_argument("--image-dir", type=Path, help="folder with <image_id>.<ext> files; with "
-                   "--resume, overrides the folder the job was started with")
-    p.add_argument("--job-dir", type=Path, help="output folder (default: train_jobs/<timestamp>)")
-    p.add_argument("--resume", type=Path, metavar="JOB_DIR",
-                   help="continue a stopped job from its last completed epoch")
-    p.add_argument("--init-model", type=Path, metavar="MODEL",
-                   help="fine-tune a trained NIMA model of the config's base model: a .keras "
-                   "model, a job or model directory, or Keras 2 .hdf5 weights (idealo's); "
-                   "replaces the config's base_weights")
+
+@options.command("train", help="train a NIMA model (two phases, EMD loss)")
+def _train(p: argparse.ArgumentParser) -> options.Run:
+    """Train a NIMA model: phase 1 trains the head on a frozen base, phase 2 fine-tunes all
+    layers. Results go to a job directory.
+    """
+    options.add_options(p, options.TRAIN)
 
     def run(a: argparse.Namespace) -> int:
-        missing = [f"--{n.replace('_', '-')}" for n in ("config_file", "samples_file", "image_dir")
-                   if getattr(a, n) is None]
-        if missing and not a.resume:  # before importing TensorFlow: a usage error is instant
-            raise UsageError(f"train needs {', '.join(missing)} (or --resume JOB_DIR)")
-        if a.resume and a.init_model:
-            raise UsageError("--init-model starts a new job; --resume continues one")
-        ignored = [f"--{n.replace('_', '-')}" for n in ("config_file", "samples_file", "job_dir")
-                   if getattr(a, n) is not None]
-        if a.resume and ignored:
-            raise UsageError("--resume continues a job with the config.json and samples.json in "
-                             f"its directory: {', '.join(ignored)} does not go with it")
+        options.check_train(a)  # before importing TensorFlow: a usage error is instant
         from nima.config import Config
 
         config = None if a.resume else Config.load(a.config_file)  # errors before TF's import
@@ -61,58 +45,31 @@ def _train(sub: argparse._SubParsersAction) -> None:
         train.train(config, a.samples_file, a.image_dir, a.job_dir, init_model=a.init_model)
         return EXIT_OK
 
-    p.set_defaults(run=run)
+    return run
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights-file", "--model", dest="model", type=Path, metavar="MODEL",
-                   help="a .keras model, a job or model directory, or a .weights.h5 file "
-                   "(with --config-file); default: the shipped technical-quality model")
-    p.add_argument("--config-file", type=Path, help="training config for a .weights.h5 file")
+                   help=options.MODEL_HELP + "; default: aesthetic")
+    p.add_argument("--config-file", type=Path, help="training config for a weights file")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
 
 
-def _predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="score an image file or folder",
-                       description="Score images: one JSON object per image with the 10-bin "
-                       "distribution, mean and standard deviation. Exit code 3 if any image "
-                       "could not be scored (each such image gets an 'error' entry). "
-                       "See docs/predict.md.")
-    p.add_argument("--image-source", type=Path, required=True,
-                   help="an image file, or a folder walked recursively")
-    p.add_argument("--weights-file", "--model", dest="model", type=Path, metavar="MODEL",
-                   action="append",
-                   help="a .keras model, a job or model directory, or a .weights.h5 file "
-                   "(with --config-file); repeat to average several models (an ensemble); "
-                   "default: the shipped technical-quality model")
-    p.add_argument("--config-file", type=Path, help="training config for a .weights.h5 file")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
-    p.add_argument("--predictions-file", type=Path,
-                   help="write results here (atomically; partial results beside it in "
-                   "FILE.partial while running; run metadata in FILE.meta.json); "
-                   "default or '-': stdout")
-    p.add_argument("--format", choices=("json", "jsonl", "csv"),
-                   help="JSON array, JSON lines or CSV (default: from the suffix of "
-                   "--predictions-file, .jsonl/.ndjson or .csv, else json)")
-    p.add_argument("--backend", choices=("auto", "keras", "tflite"), default="auto",
-                   help="auto (default): Keras on a GPU, TFLite/XNNPACK on CPU")
-    p.add_argument("--workers", type=int, help="decoding threads (default: all CPUs)")
-    p.add_argument("--num-shards", type=int, default=1,
-                   help="split the folder into N deterministic shards (by relative path)")
-    p.add_argument("--shard-index", type=int, default=0, help="which shard to score (0..N-1)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from FILE.partial")
-    p.add_argument("--normalize", choices=("minmax",),
-                   help="rescale this run's mean scores to --range (default 1 10)")
-    p.add_argument("--range", dest="norm_range", type=float, nargs=2, metavar=("LO", "HI"),
-                   help="target range of --normalize (default 1 10)")
+@options.command("predict", help="score an image file or folder")
+def _predict(p: argparse.ArgumentParser) -> options.Run:
+    """Score images: one JSON object per image with the 10-bin distribution, mean and standard
+    deviation. Exit code 3 if any image could not be scored (each such image gets an
+    'error' entry). See docs/predict.md.
+    """
+    options.add_options(p, options.PREDICT)
 
     def run(a: argparse.Namespace) -> int:
         from nima.predict import predict
 
         if a.predictions_file == Path("-"):
             a.predictions_file = None  # stdout, as without the option
-        _, failed = predict(a.image_source, a.model or None, config_file=a.config_file,
+        _, failed = predict(a.image_source, a.model or None, also=a.also,
+                            config_file=a.config_file,
                             predictions_file=a.predictions_file, fmt=a.format,
                             batch_size=a.batch_size, backend=a.backend,
                             num_shards=a.num_shards, shard_index=a.shard_index,
@@ -121,14 +78,14 @@ def _predict(sub: argparse._SubParsersAction) -> None:
                             workers=a.workers)
         return EXIT_PARTIAL if failed else EXIT_OK
 
-    p.set_defaults(run=run)
+    return run
 
 
-def _merge(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("merge", help="join predictions files (e.g. shards) into one",
-                       description="Join predictions files of any format into OUT (format "
-                       "from its suffix .json/.jsonl/.csv, or --format), de-duplicated by "
-                       "image path, every record validated.")
+@options.command("merge", help="join predictions files (e.g. shards) into one")
+def _merge(p: argparse.ArgumentParser) -> options.Run:
+    """Join predictions files of any format into OUT (format from its suffix .json/.jsonl/.csv,
+    or --format), de-duplicated by image path, every record validated.
+    """
     p.add_argument("output", type=Path, metavar="OUT", help="the merged predictions file")
     p.add_argument("parts", type=Path, nargs="+", metavar="PARTS",
                    help="predictions files of `nima predict` (json, jsonl or csv, any mix)")
@@ -136,18 +93,19 @@ def _merge(sub: argparse._SubParsersAction) -> None:
                    help="format of OUT (default: from its suffix, else json)")
 
     def run(a: argparse.Namespace) -> int:
-        from nima.predict import merge
+        from nima.results import merge
 
         merge(a.output, a.parts, a.format)
         return EXIT_OK
 
-    p.set_defaults(run=run)
+    return run
 
 
-def _evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="measure a model on a label file",
-                       description="EMD (r=1, r=2), SRCC/PLCC of the mean, SRCC of the sd, "
-                       "accuracy at threshold 5 and MAE, as a table and as JSON.")
+@options.command("evaluate", help="measure a model on a label file")
+def _evaluate(p: argparse.ArgumentParser) -> options.Run:
+    """EMD (r=1, r=2), SRCC/PLCC of the mean, SRCC of the sd, accuracy at threshold 5 and MAE,
+    as a table and as JSON.
+    """
     p.add_argument("--samples-file", type=Path, required=True,
                    help='label JSON: [{"image_id": ..., "label": [10 numbers]}, ...]')
     p.add_argument("--image-dir", type=Path, help="folder with <image_id>.<ext> files "
@@ -172,20 +130,25 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
         result = evaluate(a.samples_file, image_dir=a.image_dir, model=a.model,
                           config_file=a.config_file, baseline=a.baseline,
                           prior_samples_file=a.prior_samples_file, batch_size=a.batch_size,
-                          output_file=a.output_file, predictions_file=a.predictions_file,
-                          report_dir=a.report_dir)
+                          output_file=a.output_file, predictions_file=a.predictions_file)
+        if a.report_dir:
+            from nima.evaluation_report import write_evaluation_report  # matplotlib only now
+
+            write_evaluation_report(a.report_dir, result.ids, result.y_true, result.y_pred,
+                                    dict(result), image_dir=a.image_dir)
         print(f"{result['model']} on {a.samples_file}")
         print(format_table(result))
         return EXIT_OK
 
-    p.set_defaults(run=run)
+    return run
 
 
-def _report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="HTML gallery (or PNG sheet) of scored images",
-                       description="Browse `nima predict` results: one self-contained HTML page "
-                       "(works offline) with thumbnails sorted by mean score, each with its "
-                       "score distribution, a score filter and the files that failed.")
+@options.command("report", help="HTML gallery (or PNG sheet) of scored images")
+def _report(p: argparse.ArgumentParser) -> options.Run:
+    """Browse `nima predict` results: one self-contained HTML page (works offline) with
+    thumbnails sorted by mean score, each with its score distribution, a score filter
+    and the files that failed.
+    """
     p.add_argument("predictions", type=Path, metavar="PREDICTIONS",
                    help="output of `nima predict` (JSON, JSONL or CSV)")
     p.add_argument("--image-source", type=Path, required=True, metavar="DIR",
@@ -209,218 +172,18 @@ def _report(sub: argparse._SubParsersAction) -> None:
                 bottom=a.bottom, limit=a.limit, title=a.title, thumb_size=a.thumb_size)
         return EXIT_OK
 
-    p.set_defaults(run=run)
+    return run
 
 
-def _data_ava(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ava", help="AVA.txt -> train/test label files (vote counts)",
-                       description="Make ava_labels_train.json and ava_labels_test.json from "
-                       "AVA.txt (index, image id, 10 vote counts, tag 1, tag 2, challenge).")
-    p.add_argument("ava_file", type=Path, metavar="AVA.txt", help="AVA's AVA.txt")
-    p.add_argument("--out-dir", type=Path, required=True,
-                   help="folder for ava_labels_train.json and ava_labels_test.json")
-    p.add_argument("--tags", nargs="+", metavar="TAG", default=(),
-                   help="keep images with one of these semantic tags (names need --tags-file)")
-    p.add_argument("--tags-file", type=Path, metavar="tags.txt", help="tag id -> name list")
-    p.add_argument("--test-fraction", type=float, default=0.1,
-                   help="random test share (default 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
-    p.add_argument("--test-ids", type=Path, metavar="FILE",
-                   help="official split: file of test image ids (overrides --test-fraction)")
-    p.add_argument("--min-votes", type=int, default=1, help="drop images with fewer votes")
-    p.add_argument("--image-dir", type=Path, help="drop ids whose image is not in this folder")
-
-    def run(a: argparse.Namespace) -> int:
-        from nima.data import ava
-
-        r = ava.build(a.ava_file, a.out_dir, tags=a.tags, tags_file=a.tags_file,
-                      test_fraction=a.test_fraction, seed=a.seed, test_ids=a.test_ids,
-                      min_votes=a.min_votes, image_dir=a.image_dir)
-        dropped = ", ".join(f"{v} {k}" for k, v in r.dropped.items() if v) or "none"
-        print(f"{a.ava_file}: {r.total} images; dropped: {dropped}")
-        print(f"train: {len(r.train)} -> {a.out_dir / 'ava_labels_train.json'}")
-        print(f"test: {len(r.test)} -> {a.out_dir / 'ava_labels_test.json'}")
-        return EXIT_OK
-
-    p.set_defaults(run=run)
-
-
-def _data_tid2013(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tid2013", help="TID2013 MOS -> train/test max-entropy labels",
-                       description="Make tid_labels_train.json and tid_labels_test.json from "
-                       "mos_with_names.txt: MOS 0..9 is rescaled to 1..10 and spread by maximum "
-                       "entropy; the split is by reference image (default test I01-I03, as in "
-                       "the shipped data/TID2013 files).")
-    p.add_argument("mos_file", type=Path, metavar="mos_with_names.txt",
-                   help="TID2013's 'MOS filename' list")
-    p.add_argument("--out-dir", type=Path, required=True,
-                   help="folder for tid_labels_train.json and tid_labels_test.json")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--test-refs", nargs="+", metavar="REF", help="test reference images, "
-                   "e.g. I01 I02 I03 (default)")
-    g.add_argument("--test-fraction", type=float, help="random share of reference images")
-    p.add_argument("--seed", type=int, default=0, help="seed for --test-fraction (default 0)")
-
-    def run(a: argparse.Namespace) -> int:
-        from nima.data import tid2013
-
-        r = tid2013.build(a.mos_file, a.out_dir, test_refs=a.test_refs,
-                          test_fraction=a.test_fraction, seed=a.seed)
-        refs = " ".join(f"I{n:02d}" for n in r.test_refs)
-        print(f"train: {len(r.train)} -> {a.out_dir / 'tid_labels_train.json'}")
-        print(f"test: {len(r.test)} (references {refs}) -> {a.out_dir / 'tid_labels_test.json'}")
-        return EXIT_OK
-
-    p.set_defaults(run=run)
-
-
-def _data_mos(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("mos", help="CSV of mean opinion scores -> label file",
-                       description="Columns image, mos[, std][, n] (by header name, or in "
-                       "this order). Scores on --scale are mapped to 1..10 and spread over the "
-                       "bins by maximum entropy or as a discretised normal (needs std).")
-    p.add_argument("csv_file", type=Path, metavar="FILE.csv",
-                   help="image, mos[, std][, n] per line; comma, semicolon, tab or spaces")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE.json",
-                   help="the label file to write")
-    p.add_argument("--scale", type=float, nargs=2, default=(1.0, 10.0), metavar=("LO", "HI"),
-                   help="the score scale of the file (default 1 10)")
-    p.add_argument("--method", choices=("maxent", "normal"), default="maxent",
-                   help="maxent (default): maximum-entropy distribution with the mean; "
-                   "normal: discretised N(mos, std), needs a std column")
-    p.add_argument("--min-n", type=float, help="drop images rated fewer times (needs n)")
-    p.add_argument("--invert", action="store_true", help="lower scores are better (e.g. "
-                   "LIVE's DMOS): each score s is read as LO + HI - s")
-
-    def run(a: argparse.Namespace) -> int:
-        from nima.data import mos
-
-        r = mos.convert(a.csv_file, a.out, scale=tuple(a.scale), method=a.method,
-                        min_n=a.min_n, invert=a.invert)
-        extra = f" ({r.dropped_min_n} with n < {a.min_n:g} dropped)" if r.dropped_min_n else ""
-        print(f"{r.written} of {r.rows} images -> {a.out}{extra}")
-        return EXIT_OK
-
-    p.set_defaults(run=run)
-
-
-def _data_undersample(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("undersample", help="at most N images per rating bin",
-                       description="Keep at most N images per rating bin (mean score rounded "
-                       "to 1..10), chosen with a seed; rows keep their order and raw labels.")
-    p.add_argument("labels", type=Path, metavar="LABELS", help="label file")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE.json",
-                   help="the undersampled label file to write")
-    p.add_argument("--max-per-bin", type=int, required=True, metavar="N",
-                   help="keep at most N images per rating bin")
-    p.add_argument("--seed", type=int, default=0, help="which images are kept (default 0)")
-
-    def run(a: argparse.Namespace) -> int:
-        from nima.data.undersample import undersample
-
-        r = undersample(a.labels, a.out, a.max_per_bin, a.seed)
-        print("bin  before  after")
-        for b in r.before:
-            print(f"{b:3d} {r.before[b]:7d} {r.after[b]:6d}")
-        print(f"{sum(r.after.values())} of {sum(r.before.values())} images -> {a.out}")
-        return EXIT_OK
-
-    p.set_defaults(run=run)
-
-
-def _data_check(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("check", help="find bad rows and missing/broken/tiny images",
-                       description="Report every bad label row (with its index), duplicate id, "
-                       "missing, unreadable, truncated and tiny image. Exit code 3 if any.")
-    p.add_argument("labels", type=Path, metavar="LABELS", help="label file")
-    p.add_argument("--image-dir", type=Path, help="folder with <image_id>.<ext> files "
-                   "(without it only the rows are checked)")
-    p.add_argument("--write-clean", type=Path, metavar="OUT", help="write only the good rows")
-    p.add_argument("--full-decode", action="store_true",
-                   help="decode every image (slow) instead of header and end-marker checks")
-    p.add_argument("--min-size", type=int, default=0, metavar="PX",
-                   help="images with a side shorter than PX are 'tiny'")
-    p.add_argument("--workers", type=int, help="threads (default 4 per CPU, at most 32)")
-    p.add_argument("--report", type=Path, metavar="FILE.json", help="every problem as JSON")
-
-    def run(a: argparse.Namespace) -> int:
-        from dataclasses import asdict
-
-        from nima import files
-        from nima.data.check import check, format_summary
-
-        r = check(a.labels, a.image_dir, full_decode=a.full_decode, min_size=a.min_size,
-                  workers=a.workers, write_clean=a.write_clean)
-        print(format_summary(r, a.labels))
-        if a.report:
-            files.write_json(a.report, {"rows": r.rows, "good": len(r.good),
-                                        "counts": r.counts(),
-                                        "problems": [asdict(x) for x in r.problems]})
-        if a.write_clean:
-            print(f"{len(r.good)} good rows -> {a.write_clean}")
-        return EXIT_PARTIAL if r.problems else EXIT_OK
-
-    p.set_defaults(run=run)
-
-
-def _data_stats(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("stats", help="counts, votes per image, mean-score histogram",
-                       description="Summarise a label file; --png also draws the histogram.")
-    p.add_argument("labels", type=Path, metavar="LABELS", help="label file")
-    p.add_argument("--png", type=Path, metavar="OUT.png", help="histogram as a PNG")
-
-    def run(a: argparse.Namespace) -> int:
-        from nima.data import stats
-
-        st = stats.compute(a.labels)
-        print(stats.format_text(st))
-        if a.png:
-            stats.write_png(st, a.png)
-            print(f"histogram -> {a.png}")
-        return EXIT_OK
-
-    p.set_defaults(run=run)
-
-
-def _data_distort(dsub: argparse._SubParsersAction) -> None:
-    p = dsub.add_parser(
-        "distort", help="make a technical-quality dataset from pristine photos",
-        description="From pristine photos, write random crops with Gaussian blur, Gaussian "
-        "noise, JPEG compression and contrast/exposure change at 5 levels each, label files "
-        "(mean score 8.5 pristine falling to 2.0 at level 5) split train/test by source photo, "
-        "and a manifest. See docs/technical-model.md.")
-    p.add_argument("--source", type=Path, required=True, help="folder of pristine photos")
-    p.add_argument("--out", type=Path, required=True,
-                   help="output folder: images/, labels_train.json, labels_test.json, "
-                   "manifest.json")
-    p.add_argument("--seed", type=int, default=0, help="crops, noise and split (default 0)")
-    p.add_argument("--crops", type=int, default=8, help="random crops per photo (default 8)")
-    p.add_argument("--size", type=int, default=192, help="crop side in pixels (default 192)")
-    p.add_argument("--test-fraction", type=float, default=0.2,
-                   help="fraction of source photos held out for testing (default 0.2)")
-
-    def run(a: argparse.Namespace) -> int:
-        from nima.data.distort import distort_dataset
-
-        m = distort_dataset(a.source, a.out, seed=a.seed, crops=a.crops, size=a.size,
-                            test_fraction=a.test_fraction)
-        n_test = sum(s["split"] == "test" for s in m["sources"])
-        print(f"{len(m['sources'])} source photos ({n_test} held out): "
-              f"{m['n_images']['train']} training and {m['n_images']['test']} test images "
-              f"in {a.out}")
-        return EXIT_OK
-
-    p.set_defaults(run=run)
-
-
-def _calibrate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "calibrate", help="re-estimate a model's BatchNorm statistics (precise BN)",
-        description="Re-estimate every BatchNormalization's moving mean and variance as the "
-        "average batch statistics over random training images, weights unchanged. Fixes "
-        "models trained from random init whose inference-mode scores lag behind training "
-        "mode (see docs/technical-model.md).")
-    p.add_argument("--model", type=Path, required=True, help="a .keras model")
+@options.command("calibrate", help="re-estimate a model's BatchNorm statistics (precise BN)")
+def _calibrate(p: argparse.ArgumentParser) -> options.Run:
+    """Re-estimate every BatchNormalization's moving mean and variance as the average batch
+    statistics over random training images, weights unchanged. Fixes models trained from
+    random init whose inference-mode scores lag behind training mode (see
+    docs/technical-model.md).
+    """
+    p.add_argument("--model", type=Path, required=True,
+                   help="a .keras model, a job or model directory, or a shipped model's name")
     p.add_argument("--samples-file", type=Path, required=True, help="training label file")
     p.add_argument("--image-dir", type=Path, required=True,
                    help="folder with <image_id>.<ext> files")
@@ -439,35 +202,19 @@ def _calibrate(sub: argparse._SubParsersAction) -> None:
         print(f"BatchNorm statistics re-estimated from {n} batches; model in {a.output_file}")
         return EXIT_OK
 
-    p.set_defaults(run=run)
+    return run
 
 
-# `nima data <tool>`: one adder per tool, in help order; append new tools here.
-DATA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _data_ava, _data_tid2013, _data_mos, _data_undersample, _data_check, _data_stats,
-    _data_distort]
-
-
-def _data(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="dataset tools: AVA, TID2013, MOS files, checks, stats, "
-                       "distort",
-                       description="Make, clean and inspect label files.")
-    data_sub = p.add_subparsers(dest="data_command", metavar="TOOL", required=True)
-    for add in DATA_COMMANDS:
-        add(data_sub)
-
-
-def _export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a serving artefact: SavedModel, TFLite or ONNX",
-                       description="Export a model for serving. Every format outputs "
-                       "predictions (10 bins), mean_score_prediction and sd_score_prediction. "
-                       "The SavedModel's serving_default takes encoded image bytes (TF "
-                       "Serving), serving_float and the other formats take float32 RGB 0..255 "
-                       "at the model's input size. See docs/export.md.")
+@options.command("export", help="write a serving artefact: SavedModel, TFLite or ONNX")
+def _export(p: argparse.ArgumentParser) -> options.Run:
+    """Export a model for serving. Every format outputs predictions (10 bins),
+    mean_score_prediction and sd_score_prediction. The SavedModel's serving_default
+    takes encoded image bytes (TF Serving), serving_float and the other formats take
+    float32 RGB 0..255 at the model's input size. See docs/export.md.
+    """
     p.add_argument("--weights-file", "--model", dest="model", type=Path, metavar="MODEL",
-                   help="a .keras model, a job or model directory, or a .weights.h5 file "
-                   "(with --config-file); default: the shipped model")
-    p.add_argument("--config-file", type=Path, help="training config for a .weights.h5 file")
+                   help=options.MODEL_HELP + "; default: aesthetic")
+    p.add_argument("--config-file", type=Path, help="training config for a weights file")
     p.add_argument("--format", choices=("savedmodel", "tflite", "onnx"), required=True,
                    help="savedmodel (a directory, for TF Serving), tflite or onnx (a file)")
     p.add_argument("--quantize", choices=("fp16", "int8"),
@@ -491,17 +238,18 @@ def _export(sub: argparse._SubParsersAction) -> None:
         print(path)
         return EXIT_OK
 
-    p.set_defaults(run=run)
+    return run
 
 
-def _import_keras2(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "import-keras2", help="turn Keras 2 NIMA weights (idealo's .hdf5) into a .keras model",
-        description="Read the HDF5 weights of a NIMA model trained with Keras 2 (idealo's "
-        "image-quality-assessment, e.g. weights_mobilenet_aesthetic_0.07.hdf5, and other "
-        "Keras NIMA repositories: base CNN, Dropout, Dense(10, softmax)) into this toolkit's "
-        "model, and save it as a .keras file that predict, evaluate, export and nima.load() "
-        "take. Every array's shape is checked against the base model.")
+@options.command("import-keras2",
+                 help="turn Keras 2 NIMA weights (idealo's .hdf5) into a .keras model")
+def _import_keras2(p: argparse.ArgumentParser) -> options.Run:
+    """Read the HDF5 weights of a NIMA model trained with Keras 2 (idealo's image-quality-
+    assessment, e.g. weights_mobilenet_aesthetic_0.07.hdf5, and other Keras NIMA
+    repositories: base CNN, Dropout, Dense(10, softmax)) into this toolkit's model, and
+    save it as a .keras file that predict, evaluate, export and nima.load() take. Every
+    array's shape is checked against the base model.
+    """
     p.add_argument("--weights-file", type=Path, required=True, help="Keras 2 .hdf5/.h5 file")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--base-model-name", help="keras.applications name, e.g. MobileNet "
@@ -509,6 +257,10 @@ def _import_keras2(sub: argparse._SubParsersAction) -> None:
     how.add_argument("--config-file", type=Path,
                      help="a config naming the base model, its arguments and input size")
     p.add_argument("--output-file", type=Path, required=True, help="the .keras model to write")
+    p.add_argument("--resize", choices=("nearest", "bilinear"), default="nearest",
+                   help="how the model's input pixels are made, recorded in the model: "
+                   "nearest (default) is Keras 2 load_img's, what these models were trained "
+                   "on; bilinear only for a model trained on bilinear resizes")
 
     def run(a: argparse.Namespace) -> int:
         from nima import files, legacy
@@ -518,23 +270,18 @@ def _import_keras2(sub: argparse._SubParsersAction) -> None:
             raise UsageError("--output-file must end in .keras")
         config = (Config.load(a.config_file) if a.config_file
                   else Config(base_model_name=a.base_model_name))
-        model = legacy.load_keras2_weights(a.weights_file, config)
+        model = legacy.load_keras2_weights(a.weights_file, config.replace(resize_method=a.resize))
         files.save_keras(model, a.output_file)
         print(a.output_file)
         return EXIT_OK
 
-    p.set_defaults(run=run)
+    return run
 
 
 # Subcommands in help order; other modules' commands are added here.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_train, _predict, _evaluate,
-                                                                 _data, _report, _export,
-                                                                 _calibrate, _merge,
-                                                                 _import_keras2]
-
-
-class UsageError(Exception):
-    pass
+COMMANDS: list[Callable] = [
+    _train, _predict, _evaluate, data_commands.add, _report, _export, _calibrate, _merge,
+    _import_keras2]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -548,7 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show stack traces on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:
-        add(sub)
+        if hasattr(add, "command"):
+            options.install(sub, add)
+        else:
+            add(sub)  # a group of its own (nima data)
     return parser
 
 

@@ -20,6 +20,9 @@ from typing import Any
 from nima.errors import ConfigError
 
 DISTRIBUTIONS = ("auto", "mirrored", "multi_worker", "none")
+# How a model's input pixels are made from a decoded image (nima.images says how each works).
+# Here, free of Pillow and NumPy, because the Docker launcher validates configs without them.
+RESIZES = ("bilinear", "nearest")
 TASKS = ("aesthetic", "technical")
 MAX_FILE_BYTES = 1 << 20  # a config is a few hundred bytes
 
@@ -87,6 +90,10 @@ class Config:
     # Training images are resized to resize_size x resize_size, then randomly cropped to
     # input_size (NIMA: 256 -> 224). Validation and prediction resize straight to input_size.
     resize_size: int | None = 256
+    # How images are resized to resize_size / input_size (RESIZES): "bilinear"
+    # (DCT draft + Pillow BILINEAR) or "nearest" (full decode + Pillow NEAREST, Keras 2's
+    # load_img: keep it when fine-tuning a model trained that way). Saved with the model.
+    resize_method: str = "bilinear"
     # Momentum of the base's BatchNormalization moving statistics; null keeps the base's own
     # (0.99 or 0.999). From random init (base_weights null) the statistics start at (0, 1) and
     # lag far behind short runs, so validation sees a different network than training: 0.9
@@ -141,10 +148,10 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> "Config":
-        from nima.labels import read_json_file
+        from nima.files import read_json
 
         path = Path(path)
-        data = read_json_file(path, "config file", MAX_FILE_BYTES, ConfigError)
+        data = read_json(path, "config file", MAX_FILE_BYTES, ConfigError)
         return cls.from_dict(data, source=str(path))
 
     @property
@@ -220,6 +227,8 @@ def _check_values(cfg: Config) -> None:
                 f"the input size of {cfg.base_model_name} ({cfg.model_input_size}; "
                 "input_size is null)")
         raise bad("resize_size", f"must be at least {size}")
+    if cfg.resize_method not in RESIZES:
+        raise bad("resize_method", f"must be one of {', '.join(RESIZES)}")
     if cfg.batchnorm_momentum is not None and not 0.0 <= cfg.batchnorm_momentum < 1.0:
         raise bad("batchnorm_momentum", "must be in [0, 1)")
     if cfg.task not in TASKS:

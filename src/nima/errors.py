@@ -6,6 +6,12 @@ and, where possible, what to do. The CLI prints that sentence instead of a stack
 """
 
 
+# Exit codes of every command (nima, ./train-local, ./predict, ./train-remote). 3: some images
+# could not be scored; 141 = 128 + SIGPIPE, a reader such as `head` went away.
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = (
+    0, 1, 2, 3, 130, 141)
+
+
 class NimaError(Exception):
     """Base class for errors the CLI reports as one line."""
 

@@ -3,13 +3,18 @@
 Correlations come from scipy.stats. `--baseline prior` gives every image the mean label
 distribution (of a training label file, or of the evaluated file itself): the floor a model
 has to beat (on the AVA test labels: EMD(r=2) 0.089, accuracy at threshold 5: 0.703).
+
+The figures and report.html of `--report-dir` are `nima.evaluation_report`'s.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -63,6 +68,27 @@ def format_table(result: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True, eq=False)  # compared as a Mapping, by its metrics
+class Evaluation(Mapping):
+    """The outcome of `evaluate`: reads like its metrics dict (`evaluation["srcc_mean"]`,
+    with "model", "n_skipped" and "samples_file") and keeps what the metrics were computed
+    from, image by image, for a report."""
+
+    result: dict[str, Any]
+    ids: list[str]
+    y_true: np.ndarray
+    y_pred: np.ndarray
+
+    def __getitem__(self, key: str) -> Any:
+        return self.result[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.result)
+
+    def __len__(self) -> int:
+        return len(self.result)
+
+
 def prior_distribution(samples: list[labels.Sample]) -> np.ndarray:
     return np.mean(np.stack([s.label for s in samples]), axis=0)
 
@@ -78,9 +104,8 @@ def evaluate(
     batch_size: int = 32,
     output_file: str | Path | None = None,
     predictions_file: str | Path | None = None,
-    report_dir: str | Path | None = None,
-) -> dict:
-    """Evaluate a model (or the prior baseline) on a label file; returns the metrics dict."""
+) -> Evaluation:
+    """Evaluate a model (or the prior baseline) on a label file."""
     if batch_size < 1:
         raise DataError("--batch-size must be at least 1")
     samples = labels.load_samples(samples_file)
@@ -107,7 +132,8 @@ def evaluate(
             log.warning("%d of %d images missing, evaluated without them", len(missing),
                         len(samples))
         ds = pipeline.eval_dataset([p for _, p in found], np.stack([s.label for s, _ in found]),
-                                   input_size=predictor.input_size, batch_size=batch_size)
+                                   input_size=predictor.input_size,
+                                   resize_method=predictor.ref.resize, batch_size=batch_size)
         trues, preds, ids, failed = [], [], [], []
         index = 0
         for batch, y, errors in ds.as_numpy_iterator():
@@ -130,14 +156,9 @@ def evaluate(
         rows = [{"image_id": i, "label": [float(v) for v in t],
                  "predictions": [float(v) for v in p]} for i, t, p in zip(ids, y_true, y_pred)]
         files.write_text(predictions_file, json.dumps(rows) + "\n")
-    if report_dir:
-        from nima import report  # matplotlib only when a report is asked for
-
-        report.write_evaluation_report(report_dir, ids, y_true, y_pred, result,
-                                       image_dir=image_dir)
-    return result
+    return Evaluation(result, ids, y_true, y_pred)
 
 
-def _json_safe(d: dict) -> dict:
+def _json_safe(d: Mapping) -> dict:
     """NaN is not JSON: write null for undefined correlations."""
     return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in d.items()}

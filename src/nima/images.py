@@ -1,13 +1,19 @@
-"""Image files -> RGB uint8 arrays, the one decoder used for training, evaluation and prediction.
+"""Image files -> RGB uint8 arrays: the one decoder of the toolkit (training, evaluation,
+prediction, the Python API, reports).
 
 Pillow decodes every format it knows; EXIF orientation is applied; grayscale, 16-bit,
 palette, RGBA (composited on white, as a viewer shows it) and CMYK become RGB; animations
-give their first frame. Images that declare more than MAX_PIXELS are refused from the header
-alone, before any pixel is decoded (decompression bombs). JPEGs are decoded with Pillow's
-draft mode (DCT-domain downscaling) when they are downscaled anyway, which roughly doubles
-decode speed; training and prediction share this path, so they see identical pixels.
-"""
+give their first frame. Images of more than MAX_PIXELS are refused from the header alone,
+before any pixel is decoded (decompression bombs).
 
+How a decoded image becomes a model's square input is part of that model (`RESIZES`), since
+a network learns the pixels it was trained on:
+  - "bilinear" (this toolkit's own models): JPEGs decoded with Pillow's draft mode
+    (DCT-domain downscaling, about twice as fast) when they are downscaled anyway, then
+    Pillow BILINEAR to the square size;
+  - "nearest" (Keras 2 `load_img(target_size=...)`, what idealo's and most Keras NIMA models
+    were trained on): the full decode, then Pillow NEAREST.
+"""
 from __future__ import annotations
 
 import logging
@@ -15,18 +21,23 @@ import os
 import stat
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from nima.config import RESIZES
 from nima.errors import ImageError
 
 log = logging.getLogger(__name__)
 
-# 100 megapixels: a 12000x8000 photo is fine, a 30000x30000 bomb is not.
+# 100 megapixels: a 12000x8000 photo is fine, a 30000x30000 bomb is not. Checked here, from
+# the header, rather than by changing Pillow's process-wide Image.MAX_IMAGE_PIXELS (a library
+# must not change its host's settings): Pillow's own warning (over ~89 Mpx) is ignored and its
+# error (over ~179 Mpx) is reported like ours.
 MAX_PIXELS = 100_000_000
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+_RESAMPLE = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 
 
 def _image_extensions() -> frozenset[str]:
@@ -51,7 +62,7 @@ def open_image(path: str | Path) -> Image.Image:
         raise ImageError(f"cannot read image {path}: {e.strerror or e}") from None
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
     except FileNotFoundError:
         raise ImageError(f"file not found: {path}") from None
@@ -96,31 +107,69 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
-    """Decode an image file to an RGB uint8 array of shape (H, W, 3).
+def check_resize(method: str) -> str:
+    if method not in RESIZES:
+        raise ValueError(f"unknown resize {method!r}; choose one of {', '.join(RESIZES)}")
+    return method
 
-    With `size`, the image is resized to size x size (NIMA squashes, it does not crop).
+
+def decode(path: str | Path, draft: int | None = None) -> Image.Image:
+    """Decode an image file to an RGB Pillow image, EXIF orientation applied.
+
+    With `draft`, a JPEG is decoded at the smallest DCT scale that keeps both sides at least
+    `draft` pixels (Pillow's draft mode); other formats decode in full.
     """
     img = open_image(path)
     try:
         with img:
-            if size is not None and img.format == "JPEG":
-                img.draft("RGB", (size, size))
+            if draft is not None and img.format == "JPEG":
+                img.draft("RGB", (draft, draft))
             img.load()
             try:
                 img = ImageOps.exif_transpose(img)
             except Exception as e:  # malformed EXIF must not lose an otherwise good image
                 log.debug("ignoring bad EXIF in %s: %s", path, e)
-            img = to_rgb(img)
-            if size is not None and img.size != (size, size):
-                img = img.resize((size, size), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
+            return to_rgb(img)
     except ImageError:
         raise
     except Exception as e:
         # Any decoder failure (truncated data, bad CRC, a Pillow bug on a hostile file, out of
         # memory) concerns this one file: report it, never stop a run over millions of files.
         raise ImageError(f"cannot decode image {path}: {_why(e)}") from None
+
+
+def resize(img: Image.Image, size: int, method: str = "bilinear") -> np.ndarray:
+    """An RGB image squashed to size x size (NIMA squashes, it does not crop), as uint8."""
+    if img.size != (size, size):
+        img = img.resize((size, size), _RESAMPLE[check_resize(method)])
+    return np.asarray(img, dtype=np.uint8)
+
+
+def load_image(path: str | Path, size: int | None = None, method: str = "bilinear") -> np.ndarray:
+    """Decode an image file to an RGB uint8 array of shape (H, W, 3); with `size`, resized to
+    size x size the way `method` says (see the module docstring)."""
+    if size is None:
+        return np.asarray(decode(path), dtype=np.uint8)
+    check_resize(method)
+    return resize(decode(path, size if method == "bilinear" else None), size, method)
+
+
+View = tuple[int, str]  # (square size, resize method): one model input made from a file
+
+
+def load_views(path: str | Path, views: Iterable[View]) -> dict[View, np.ndarray]:
+    """Several model inputs from one file (models of different sizes or resizes scoring the
+    same image). Each view equals `load_image(path, size, method)`, with one exception: when
+    any view is "nearest", the file is decoded once, in full, and every view is made from that
+    decode (a "bilinear" view of a JPEG then skips the draft scale, a difference of a few
+    levels per pixel). Bilinear views alone keep their own draft decodes, exactly."""
+    views = list(dict.fromkeys(views))
+    for _, method in views:
+        check_resize(method)
+    if any(method == "nearest" for _, method in views):
+        img = decode(path)
+        return {(size, method): resize(img, size, method) for size, method in views}
+    return {(size, method): load_image(path, size, method) for size, method in views}
 
 
 def check_image(path: str | Path) -> None:

@@ -56,6 +56,28 @@ def is_keras2_weights(path: str | Path) -> bool:
         return False
 
 
+def keras_version(path: str | Path) -> str | None:
+    """The Keras version that wrote the file (its `keras_version` attribute), if recorded."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            value = f.attrs.get("keras_version")
+    except (OSError, ValueError):
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf8", "replace")
+    return str(value) if value is not None else None
+
+
+def _before_keras_2_2(version: str | None) -> bool:
+    try:
+        major, minor = (int(x) for x in (version or "").split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) < (2, 2)
+
+
 def read_layers(path: str | Path) -> list[tuple[str, list[np.ndarray]]]:
     """(layer name, arrays) for every layer of the file that has weights, in model order."""
     import h5py
@@ -82,7 +104,9 @@ def read_layers(path: str | Path) -> list[tuple[str, list[np.ndarray]]]:
 
 
 def load_keras2_weights(path: str | Path, config: Config):
-    """This toolkit's model for `config`, with the weights of a Keras 2 NIMA file."""
+    """This toolkit's model for `config`, with the weights of a Keras 2 NIMA file. The model
+    records `config.resize_method`: "nearest" is what Keras 2's `load_img` gave those models
+    in training (nima.resolve and `nima import-keras2` set it unless told otherwise)."""
     from nima.model import base_of, build_model
 
     layers = read_layers(path)  # a missing or foreign file fails before the model is built
@@ -104,4 +128,64 @@ def load_keras2_weights(path: str | Path, config: Config):
         layer.set_weights(arrays)
     log.info("read %d layers of Keras 2 weights from %s into %s", len(layers), path,
              config.base_model_name)
+    version = keras_version(path)
+    if config.base_model_name == "MobileNet" and _before_keras_2_2(version):
+        model = _symmetric_padding(model)
+        log.info("%s was saved by Keras %s: MobileNet padded every convolution by one pixel "
+                 "on all sides then, and so does this model", path, version)
     return model
+
+
+def _symmetric_padding(model):
+    """The same model with MobileNet's 3x3 convolutions padded one pixel on all sides.
+
+    Keras up to 2.1 built MobileNet with ZeroPadding2D(1) and "valid" before every 3x3
+    convolution; from 2.2 on (tf_keras and Keras 3 too) a stride-2 convolution is padded at
+    the bottom and right only (conv1 by padding="same"), which moves its sampling grid by one
+    pixel. Output shapes are the same, so weights saved by Keras 2.1 load into either
+    network, but only the old padding gives their scores (idealo's aesthetic model: up to 0.4
+    apart in mean score on real photos). The model is rebuilt from its edited config so the
+    padding is saved with it.
+    """
+    import keras
+
+    config = model.get_config()
+    layers = _layer_list(config, "conv1")
+    conv1 = next(layer for layer in layers if layer["name"] == "conv1")
+    pad = {"module": "keras.layers", "class_name": "ZeroPadding2D", "registered_name": None,
+           "name": "conv1_pad", "inbound_nodes": conv1["inbound_nodes"],
+           "config": {"name": "conv1_pad", "trainable": True, "dtype": conv1["config"]["dtype"],
+                      "padding": [[1, 1], [1, 1]], "data_format": "channels_last"}}
+    history = conv1["inbound_nodes"][0]["args"][0]["config"]
+    n, h, w, c = history["shape"]
+    conv1["inbound_nodes"] = [{"args": [{"class_name": "__keras_tensor__", "config": {
+        **history, "shape": [n, h + 2, w + 2, c], "keras_history": ["conv1_pad", 0, 0]}}],
+        "kwargs": {}}]
+    conv1["config"]["padding"] = "valid"
+    conv1.pop("build_config", None)
+    layers.insert(layers.index(conv1), pad)
+    for layer in layers:
+        if layer["class_name"] == "ZeroPadding2D":
+            layer["config"]["padding"] = [[1, 1], [1, 1]]
+    rebuilt = keras.Model.from_config(config)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
+def _layer_list(node, name: str) -> list:
+    """The `layers` list of the (nested) functional config that holds layer `name`."""
+    if isinstance(node, dict):
+        layers = node.get("layers")
+        if isinstance(layers, list) and any(isinstance(x, dict) and x.get("name") == name
+                                            for x in layers):
+            return layers
+        children = list(node.values())
+    else:
+        children = node if isinstance(node, list) else []
+    for child in children:
+        if isinstance(child, (dict, list)):
+            try:
+                return _layer_list(child, name)
+            except LookupError:
+                pass
+    raise LookupError(name)

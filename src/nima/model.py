@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 from keras import ops
 
-from nima.config import BASES, Config
+from nima.config import BASES, RESIZES, Config
 from nima.errors import ModelError
 from nima.scores import N_BINS
 
@@ -30,13 +30,23 @@ _TORCH_STD = (0.229, 0.224, 0.225)
 
 @keras.saving.register_keras_serializable(package="nima")
 class Preprocess(keras.layers.Layer):
-    """keras.applications' `preprocess_input` modes as a serialisable layer (input 0..255 RGB)."""
+    """keras.applications' `preprocess_input` modes as a serialisable layer (input 0..255 RGB).
 
-    def __init__(self, mode: str = "tf", **kwargs):
+    It also records `resize`, how the model's input pixels are made from a decoded image
+    (`nima.config.RESIZES`). That step runs outside the graph, in Pillow, but a network
+    learns the pixels it was trained on, so the choice travels inside the model file and
+    every consumer of the file (predict, the API, evaluate, calibrate, fine-tuning, export)
+    honours it. Files saved before it was recorded load as "bilinear", what they used.
+    """
+
+    def __init__(self, mode: str = "tf", resize: str = "bilinear", **kwargs):
         super().__init__(**kwargs)
         if mode not in ("tf", "torch", "caffe", "none"):
             raise ValueError(f"unknown preprocess mode {mode!r}")
+        if resize not in RESIZES:
+            raise ValueError(f"unknown resize {resize!r}")
         self.mode = mode
+        self.resize = resize
 
     def call(self, x):
         x = ops.cast(x, self.compute_dtype)
@@ -55,7 +65,7 @@ class Preprocess(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
+        return {**super().get_config(), "mode": self.mode, "resize": self.resize}
 
 
 @keras.saving.register_keras_serializable(package="nima")
@@ -79,10 +89,6 @@ class EMDLoss(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "r": self.r}
-
-
-def input_size_for(config: Config) -> int:
-    return config.model_input_size  # Config has checked base_model_name against BASES
 
 
 def build_base(config: Config, input_size: int) -> keras.Model:
@@ -121,9 +127,10 @@ def build_base(config: Config, input_size: int) -> keras.Model:
 
 
 def build_model(config: Config) -> keras.Model:
-    size = input_size_for(config)
+    size = config.model_input_size
     inputs = keras.Input((size, size, 3), name="image")
-    x = Preprocess(BASES[config.base_model_name].preprocess, name="preprocess")(inputs)
+    x = Preprocess(BASES[config.base_model_name].preprocess, config.resize_method,
+                   name="preprocess")(inputs)
     x = build_base(config, size)(x)
     x = keras.layers.Dropout(config.dropout_rate, name="dropout")(x)
     # float32 softmax even under mixed precision: fp16 probabilities make the EMD noisy.
@@ -159,6 +166,14 @@ def load_model(path: str | Path) -> keras.Model:
         # Keras puts the real cause after a dump of the whole config.
         why = text.rsplit("Exception encountered:", 1)[-1].strip().splitlines() or [repr(e)]
         raise ModelError(f"cannot load model {path}: {why[0][:300]}") from None
+
+
+def model_resize(model: keras.Model) -> str:
+    """How the model's input pixels are made (`Preprocess.resize`); "bilinear" without one."""
+    for layer in model.layers:
+        if isinstance(layer, Preprocess):
+            return layer.resize
+    return "bilinear"
 
 
 def model_input_size(model: keras.Model) -> int:

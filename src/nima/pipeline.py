@@ -24,12 +24,14 @@ from nima.scores import N_BINS
 log = logging.getLogger(__name__)
 
 
-def decoder(size: int):
-    """A tf function: path (bytes) -> (uint8 image size x size x 3, error string, "" if ok)."""
+def decoder(size: int, method: str = "bilinear"):
+    """A tf function: path (bytes) -> (uint8 image size x size x 3, error string, "" if ok),
+    resized by `method` (the model's own resize, nima.config.RESIZES)."""
+    images.check_resize(method)
 
     def decode(path: bytes) -> tuple[np.ndarray, bytes]:
         try:
-            return images.load_image(os.fsdecode(path), size), b""
+            return images.load_image(os.fsdecode(path), size, method), b""
         except ImageError as e:
             log.warning("%s", e)
             return np.zeros((size, size, 3), np.uint8), str(e).encode("utf-8", "replace")
@@ -60,6 +62,7 @@ def train_dataset(
     *,
     input_size: int,
     resize_size: int | None,
+    resize_method: str = "bilinear",
     batch_size: int,
     random_crop: bool = True,
     horizontal_flip: bool = True,
@@ -67,7 +70,7 @@ def train_dataset(
 ) -> tf.data.Dataset:
     """Shuffled (every epoch), augmented batches of (image float32 0..255, label, weight)."""
     load_size = resize_size if (random_crop and resize_size) else input_size
-    decode = decoder(load_size)
+    decode = decoder(load_size, resize_method)
     labels = np.asarray(labels, np.float32).reshape(-1, N_BINS)
     ds = tf.data.Dataset.from_tensor_slices((_encode_paths(paths), labels))
     ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
@@ -99,6 +102,7 @@ def eval_dataset(
     labels: np.ndarray,
     *,
     input_size: int,
+    resize_method: str = "bilinear",
     batch_size: int,
     weighted: bool = False,
 ) -> tf.data.Dataset:
@@ -107,7 +111,7 @@ def eval_dataset(
     With `weighted` (validation during training) elements are (image, label, weight), failed
     images weighing 0.
     """
-    decode = decoder(input_size)
+    decode = decoder(input_size, resize_method)
     labels = np.asarray(labels, np.float32).reshape(-1, N_BINS)
     ds = tf.data.Dataset.from_tensor_slices((_encode_paths(paths), labels))
 
@@ -118,25 +122,4 @@ def eval_dataset(
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
     if weighted:
         ds = ds.map(lambda image, label, error: (image, label, _weight(error)))
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def predict_dataset(
-    paths: Iterable[str | Path], *, input_size: int, batch_size: int
-) -> tf.data.Dataset:
-    """Batches of (image uint8, error, path bytes) from a stream of paths, in order.
-
-    The paths are pulled lazily from the iterable, so a folder of millions of files is
-    never held in memory as one list.
-    """
-    decode = decoder(input_size)
-    ds = tf.data.Dataset.from_generator(
-        lambda: (os.fsencode(str(p)) for p in paths),
-        output_signature=tf.TensorSpec((), tf.string))
-
-    def load(path):
-        image, error = decode(path)
-        return image, error, path
-
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -7,7 +7,7 @@
 The laptop needs python3, the docker SDK and `ssh` (keys, ~/.ssh/config and known_hosts are
 ssh's own); the remote machine needs Docker (and the NVIDIA Container Toolkit for GPUs) and
 the images. The image is built on the remote engine from this checkout (the SDK sends the
-build context over SSH; nima.launch does the build). Each job lives on the remote disk in a
+build context over SSH; nima.container does the build). Each job lives on the remote disk in a
 Docker volume `nima-job-<JOB>`: input/ (config and samples sent from here) and job/ (the job
 directory `nima train` writes). The image folder is a remote path, bind-mounted read-only.
 
@@ -15,28 +15,24 @@ The container always runs detached: its log is streamed here, and Ctrl-C or a dr
 connection only stops the streaming; training goes on (--attach JOB to follow it again,
 --stop JOB to stop it). When it ends, job/ is copied to train_jobs/<JOB>/ (--fetch JOB does it
 any time), and `--resume JOB` continues a stopped or dead job from its last checkpoint.
-This module must not import TensorFlow (see nima.launch).
+This module must not import TensorFlow (see nima.container).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import os
-import shutil
 import subprocess
 import sys
-import tarfile
-import tempfile
-import time
 from pathlib import Path
 from typing import Sequence
 from urllib.parse import urlsplit
 
-from nima import launch
+from nima import container, jobvolume, launch, options, resolve
 from nima.config import Config
-from nima.errors import ConfigError
-from nima.launch import LaunchError, RunSpec, _one_line
+from nima.container import LaunchError, RunSpec, one_line
+from nima.errors import EXIT_ERROR, EXIT_INTERRUPTED, ConfigError, ModelError
+from nima.jobvolume import IMAGES, WORK
 
 try:
     import docker
@@ -46,13 +42,6 @@ except ImportError:
     docker = None  # type: ignore[assignment]
 
 PROG = "train-remote"
-WORK = "/work"  # the job's volume in the container: input/, job/
-IMAGES = "/data/images"  # the remote image folder in the container
-EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
-
-
-def volume_name(job: str) -> str:
-    return f"nima-job-{job}"
 
 
 def container_name(job: str) -> str:
@@ -81,7 +70,7 @@ def connect(host: str, timeout: float = 30) -> "docker.DockerClient":
         client = docker.DockerClient(base_url=host, use_ssh_client=True, timeout=int(timeout))
         client.ping()
     except Exception as e:
-        raise LaunchError(f"no Docker engine answers at {host} ({_one_line(e)}); "
+        raise LaunchError(f"no Docker engine answers at {host} ({one_line(e)}); "
                           f"{_ssh_hint(host)}") from None
     client.api.timeout = None  # training may print nothing for a long time
     return client
@@ -105,7 +94,7 @@ def _probe(host: str, timeout: float) -> None:
         raise LaunchError(f"no Docker engine answers at {host} (no answer within "
                           f"{int(4 * timeout)} s); {hint}") from None
     except OSError as e:
-        raise LaunchError(f"cannot run ssh for {host}: {_one_line(e)}") from None
+        raise LaunchError(f"cannot run ssh for {host}: {one_line(e)}") from None
     if r.returncode != 0:
         why = (r.stderr.strip().splitlines() or [f"ssh exit {r.returncode}"])[-1]
         raise LaunchError(f"no Docker engine answers at {host} ({why}); {hint}")
@@ -117,168 +106,46 @@ def _ssh_hint(host: str) -> str:
     return f"check that `ssh {f'-p {url.port} ' if url.port else ''}{target} docker version` works"
 
 
-# --- files in and out of the job volume --------------------------------------------------------
-
-def _helper(client, job: str, image: str, mounts: list | None = None):
-    """A created (never started) container with the job volume at /work, for copying files."""
-    try:
-        return client.containers.create(
-            image, entrypoint=["true"], command=[], network_mode="none",
-            volumes={volume_name(job): {"bind": WORK, "mode": "rw"}}, mounts=mounts or [],
-            labels={"nima.helper": job})
-    except docker.errors.DockerException as e:
-        msg = _one_line(e)
-        if "bind source path does not exist" in msg:
-            raise LaunchError(f"image directory not found on the remote machine: "
-                              f"{mounts[0]['Source'] if mounts else '?'}") from None
-        raise LaunchError(f"cannot create a helper container: {msg}") from None
-
+# --- the initial model -------------------------------------------------------------------------
 
 def init_model_file(path: Path) -> Path:
-    """The model file --init-model names: itself, or a job/model dir's best or last model.
-
-    The same rule as nima.predict.resolve_model_file, which the launcher cannot import (its
-    environment has the docker SDK, not NumPy or TensorFlow).
-    """
-    if path.is_dir():
-        for name in ("best.keras", "model.keras"):
-            if (path / name).is_file():
-                return path / name
-        raise LaunchError(f"no best.keras or model.keras in {path}")
-    if not path.is_file():
-        raise LaunchError(f"init model not found: {path}")
-    return path
-
-
-def upload_inputs(client, job: str, image: str, config: Path, samples: Path,
-                  image_dir: str, init_model: Path | None = None) -> None:
-    """Put config.json, samples.json (and the initial model) into the job volume, after
-    checking that the remote image folder exists (a bind mount of a missing path would
-    silently create it)."""
-    helper = _helper(client, job, image, [docker.types.Mount(
-        IMAGES, image_dir, type="bind", read_only=True)])
+    """The model file --init-model names (nima.resolve's rule: a shipped model's name, a job
+    or model dir's best or last model, or the file itself); it is sent to the remote."""
     try:
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            for name, mode in (("input", 0o755), ("job", 0o777)):
-                # job/ is written by the image's unprivileged user, whatever its uid.
-                info = tarfile.TarInfo(name)
-                info.type, info.mode, info.mtime = tarfile.DIRTYPE, mode, int(time.time())
-                tar.addfile(info)
-            inputs = [(config, "input/config.json"), (samples, "input/samples.json")]
-            if init_model is not None:
-                inputs.append((init_model, f"input/init{init_model.suffix}"))
-            for src, name in inputs:
-                info = tar.gettarinfo(str(src), arcname=name)
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                info.mode = 0o644
-                with open(src, "rb") as f:
-                    tar.addfile(info, f)
-        if not helper.put_archive(WORK, buf.getvalue()):
-            raise LaunchError(f"could not copy the inputs into volume {volume_name(job)}")
-    finally:
-        helper.remove(force=True)
-
-
-def fetch(client, job: str, dest_root: Path) -> Path:
-    """Copy the job directory from the remote volume to dest_root/<job> (replacing it)."""
-    try:
-        volume = client.volumes.get(volume_name(job))
-    except docker.errors.NotFound:
-        raise LaunchError(f"no job {job!r} on the remote machine (no volume "
-                          f"{volume_name(job)})") from None
-    image = (volume.attrs.get("Labels") or {}).get("nima.image", "")
-    tmp = helper = None
-    try:
-        dest_root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{job}-", dir=dest_root))
-        helper = _helper(client, job, image)
-        stream, _ = helper.get_archive(f"{WORK}/job")
-        with tarfile.open(fileobj=_ChunkReader(stream), mode="r|") as tar:
-            for member in tar:
-                # The archive is job/...; drop that prefix, own the files, refuse odd entries.
-                parts = Path(member.name).parts
-                if not parts or parts[0] != "job" or not (member.isfile() or member.isdir()):
-                    continue
-                member.name = str(Path(*parts[1:])) if len(parts) > 1 else "."
-                member.uid, member.gid, member.uname, member.gname = (
-                    os.getuid(), os.getgid(), "", "")
-                tar.extract(member, tmp, filter="data")
-        dest = dest_root / job
-        if dest.exists():
-            old = dest.with_name(f".{job}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            dest.rename(old)
-            tmp.rename(dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(dest)
-        return dest
-    except docker.errors.DockerException as e:
-        raise LaunchError(f"cannot copy job {job} back: {_one_line(e)}") from None
-    except OSError as e:  # a full or read-only disk here
-        raise LaunchError(f"cannot copy job {job} back into {dest_root}: {e.strerror or e} "
-                          "(it stays on the remote machine: --fetch JOB --jobs-dir DIR)") from None
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if helper is not None:
-            helper.remove(force=True)
-
-
-class _ChunkReader(io.RawIOBase):
-    """A file object over the SDK's chunk iterator, for tarfile's streaming mode."""
-
-    def __init__(self, chunks):
-        self.chunks, self.rest = iter(chunks), b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        while not self.rest:
-            try:
-                self.rest = next(self.chunks)
-            except StopIteration:
-                return 0
-        n = min(len(b), len(self.rest))
-        b[:n], self.rest = self.rest[:n], self.rest[n:]
-        return n
+        return resolve.model_file(path)[0]
+    except ModelError as e:
+        raise LaunchError(f"--init-model: {e}") from None
 
 
 # --- the training container ---------------------------------------------------------------------
 
 def start(client, job: str, image: str, command: list[str], image_dir: str, gpu: bool):
     """Start `nima <command>` detached on the job volume; returns the container."""
-    spec = RunSpec(command=command, name=container_name(job),
-                   labels={"nima.command": "train", "nima.job": job})
-    spec.binds[volume_name(job)] = {"bind": WORK, "mode": "rw"}
-    spec.binds[image_dir] = {"bind": IMAGES, "mode": "ro"}
-    _, container = launch.run_container(client, image, spec, gpu=gpu, detach=True, user="nima",
-                                        network=os.environ.get("NIMA_DOCKER_NETWORK"))
-    return container
+    spec = RunSpec(command=command, binds=jobvolume.binds(job, image_dir),
+                   name=container_name(job), labels={"nima.command": "train", "nima.job": job})
+    _, started = container.run_container(client, image, spec, gpu=gpu, detach=True, user="nima")
+    return started
 
 
 def follow(client, job: str) -> int | None:
     """Stream the job's log here until it ends; its exit code, or None if we stopped following
     (Ctrl-C, lost connection) while it runs on."""
-    container = _container(client, job)
+    trainer = _container(client, job)
     try:
-        if container.status in ("exited", "dead", "created"):
-            sys.stderr.buffer.write(container.logs(stdout=True, stderr=True))
+        if trainer.status in ("exited", "dead", "created"):
+            sys.stderr.buffer.write(trainer.logs(stdout=True, stderr=True))
         else:
-            launch.copy_stream(client.api.attach(container.id, stdout=True, stderr=True,
-                                                 stream=True, logs=True, demux=True))
-        code = container.wait()["StatusCode"]
+            container.copy_stream(client.api.attach(trainer.id, stdout=True, stderr=True,
+                                                    stream=True, logs=True, demux=True))
+        code = trainer.wait()["StatusCode"]
     except KeyboardInterrupt:
         say(f"stopped following; job {job} keeps running on the remote machine")
         return None
     except Exception as e:  # the SSH connection dropped, the laptop slept, ...
-        say(f"lost the connection ({_one_line(e)}); job {job} keeps running")
+        say(f"lost the connection ({one_line(e)}); job {job} keeps running")
         return None
-    container.reload()
-    message = launch._exit_message(code, container.attrs.get("State", {}))
+    trainer.reload()
+    message = container.exit_message(code, trainer.attrs.get("State", {}))
     if message:
         say(message)
     return code
@@ -292,13 +159,6 @@ def _container(client, job: str):
                           "(finished and removed? --fetch JOB copies its results)") from None
 
 
-def _job_labels(client, job: str) -> dict:
-    try:
-        return client.volumes.get(volume_name(job)).attrs.get("Labels") or {}
-    except docker.errors.NotFound:
-        raise LaunchError(f"no job {job!r} on the remote machine") from None
-
-
 # --- commands ------------------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
@@ -308,19 +168,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=os.environ.get("NIMA_REMOTE_HOST"),
                    help="ssh://user@host[:port] of the remote Docker machine "
                    "(default: $NIMA_REMOTE_HOST)")
-    p.add_argument("--config-file", type=Path, help="local config JSON (sent to the remote)")
-    p.add_argument("--samples-file", type=Path, help="local label JSON (sent to the remote)")
-    p.add_argument("--image-dir", help="image folder ON THE REMOTE MACHINE")
-    p.add_argument("--init-model", type=Path, metavar="MODEL",
-                   help="fine-tune this local NIMA model (.keras, job dir or Keras 2 .hdf5; "
-                   "sent to the remote)")
-    p.add_argument("--gpu", action="store_true",
-                   help="GPU image and all GPUs (default for *_gpu configs)")
-    p.add_argument("--cpu", action="store_true", help="CPU image even for a *_gpu config")
-    p.add_argument("--rebuild", action="store_true", help="rebuild the image on the remote")
+    sent = [o for o in options.TRAIN if o.dest in ("config_file", "samples_file", "init_model")]
+    options.add_options(p, sent, {o.flag: "on this machine; sent to the remote one" for o in sent})
+    # Not the local folder of `nima train --image-dir`: a path on the other machine.
+    p.add_argument("--image-dir", help="image folder ON THE REMOTE MACHINE (absolute path); with "
+                   "--resume, overrides the folder the job was started with")
+    options.add_launcher_options(p, detach=True)
     p.add_argument("--jobs-dir", type=Path, default=Path("train_jobs"),
                    help="local folder the job directories are copied to (default train_jobs)")
-    p.add_argument("--detach", action="store_true", help="start and return; training runs on")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--attach", metavar="JOB", help="follow a job's log, then fetch it")
     what.add_argument("--fetch", metavar="JOB", help="copy a job's directory here now")
@@ -333,10 +188,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _image(client, flavor: str, rebuild: bool) -> str:
-    return launch.ensure_image(
-        client, flavor, base_image=os.environ.get("NIMA_BASE_IMAGE"),
-        network=os.environ.get("NIMA_DOCKER_BUILD_NETWORK"), rebuild=rebuild, say=say)
+def _image(client, gpu: bool, rebuild: bool) -> str:
+    return container.ensure_image(client, "gpu" if gpu else "cpu", rebuild=rebuild, say=say)
 
 
 def _finish(client, job: str, a: argparse.Namespace) -> int:
@@ -351,7 +204,7 @@ def _finish(client, job: str, a: argparse.Namespace) -> int:
     if code is None:
         say(f"re-attach with: ./train-remote --host {a.host} --attach {job}")
         return EXIT_INTERRUPTED
-    dest = fetch(client, job, a.jobs_dir)
+    dest = jobvolume.fetch(client, job, a.jobs_dir)
     try:
         _container(client, job).remove()
     except (LaunchError, docker.errors.DockerException):
@@ -365,35 +218,36 @@ def _finish(client, job: str, a: argparse.Namespace) -> int:
     return 0
 
 
-def run(argv: Sequence[str]) -> int:
-    a, rest = _parser().parse_known_args(argv)
+def _check(a: argparse.Namespace) -> None:
+    """Bad input is caught here, before anything is sent."""
     if not a.host:
         raise LaunchError("--host ssh://user@host[:port] is required (or set NIMA_REMOTE_HOST)")
-    if not (a.attach or a.fetch or a.resume or a.stop or a.delete or a.list):
-        # Bad input is caught here, before anything is sent.
-        missing = [f"--{n.replace('_', '-')}" for n in ("config_file", "samples_file", "image_dir")
-                   if getattr(a, n) is None]
-        if missing:
-            raise LaunchError(f"training needs {', '.join(missing)} (or --resume/--attach JOB)")
-        launch._need_file(a.samples_file, "samples file")
-        try:
-            Config.load(a.config_file)
-        except ConfigError as e:
-            raise LaunchError(str(e)) from None
-        if not a.image_dir.startswith("/"):
-            raise LaunchError(f"--image-dir must be an absolute path on the remote machine, got "
-                              f"{a.image_dir!r}")
-    else:
-        ignored = [f"--{n.replace('_', '-')}" for n in ("init_model", "config_file", "samples_file")
-                   if getattr(a, n) is not None]
+    if a.attach or a.fetch or a.resume or a.stop or a.delete or a.list:
+        ignored = options.given(a, ("init_model", "config_file", "samples_file"))
         if ignored:  # they would be silently ignored (a config with more epochs does nothing)
             raise LaunchError(f"{', '.join(ignored)} starts a new job; it does not go with "
                               "--attach, --fetch, --resume, --stop, --delete or --list")
+        return
+    missing = options.missing(a, options.NEW_JOB_INPUTS)
+    if missing:
+        raise LaunchError(f"training needs {', '.join(missing)} (or --resume/--attach JOB)")
+    container.need_file(a.samples_file, "samples file")
+    try:
+        Config.load(a.config_file)
+    except ConfigError as e:
+        raise LaunchError(str(e)) from None
+    if not a.image_dir.startswith("/"):
+        raise LaunchError(f"--image-dir must be an absolute path on the remote machine, got "
+                          f"{a.image_dir!r}")
+
+
+def run(argv: Sequence[str]) -> int:
+    a, rest = _parser().parse_known_args(argv)
+    _check(a)
     init = init_model_file(a.init_model) if a.init_model is not None else None
     if not (a.list or a.stop or a.delete):  # these copy nothing back
         launch.need_creatable(a.jobs_dir, "jobs directory")
     client = connect(a.host)
-
     if a.list:
         for v in client.volumes.list(filters={"label": "nima.job"}):
             job = v.attrs["Labels"]["nima.job"]
@@ -404,14 +258,13 @@ def run(argv: Sequence[str]) -> int:
             print(f"{job}\t{state}\t{v.attrs['Labels'].get('nima.image-dir', '')}")
         return 0
     if a.fetch:
-        print(fetch(client, a.fetch, a.jobs_dir))
+        print(jobvolume.fetch(client, a.fetch, a.jobs_dir))
         return 0
     if a.attach:
-        _job_labels(client, a.attach)
+        jobvolume.labels(client, a.attach)
         return _finish(client, a.attach, argparse.Namespace(**{**vars(a), "detach": False}))
     if a.stop:
-        container = _container(client, a.stop)
-        container.stop(timeout=30)
+        _container(client, a.stop).stop(timeout=30)
         say(f"stopped {a.stop}; continue with ./train-remote --host {a.host} --resume {a.stop}")
         return 0
     if a.delete:
@@ -420,53 +273,50 @@ def run(argv: Sequence[str]) -> int:
         except LaunchError:
             pass
         try:
-            client.volumes.get(volume_name(a.delete)).remove()
+            client.volumes.get(jobvolume.name(a.delete)).remove()
         except docker.errors.NotFound:
             raise LaunchError(f"no job {a.delete!r} on the remote machine") from None
         say(f"deleted job {a.delete} from {a.host}")
         return 0
-
-    if a.resume:
-        job = a.resume
-        labels = _job_labels(client, job)
-        try:
-            container = client.containers.get(container_name(job))
-            if container.status == "running":
-                raise LaunchError(f"job {job} is still running: --attach {job} to follow it")
-            container.remove()
-        except docker.errors.NotFound:
-            pass
-        gpu = labels.get("nima.flavor") == "gpu"
-        image_dir = a.image_dir or labels["nima.image-dir"]
-        image = _image(client, "gpu" if gpu else "cpu", a.rebuild)
-        command = ["train", "--resume", f"{WORK}/job", "--image-dir", IMAGES, *rest]
-    else:
-        gpu = (a.gpu or launch._is_gpu_config(a.config_file)) and not a.cpu
-        image_dir = a.image_dir
-        image = _image(client, "gpu" if gpu else "cpu", a.rebuild)
-        job = launch.new_job_dir(a.jobs_dir).name
-        while True:  # also free on the remote machine
-            try:
-                client.volumes.get(volume_name(job))
-                job += "-r"
-            except docker.errors.NotFound:
-                break
-        client.volumes.create(volume_name(job), labels={
-            "nima.job": job, "nima.image-dir": image_dir, "nima.image": image,
-            "nima.flavor": "gpu" if gpu else "cpu"})
-        try:
-            upload_inputs(client, job, image, a.config_file, a.samples_file, image_dir, init)
-        except LaunchError:
-            client.volumes.get(volume_name(job)).remove()
-            raise
-        command = ["train", "--config-file", f"{WORK}/input/config.json", "--samples-file",
-                   f"{WORK}/input/samples.json", "--image-dir", IMAGES, "--job-dir",
-                   f"{WORK}/job", *rest]
-        if init is not None:
-            command += ["--init-model", f"{WORK}/input/init{init.suffix}"]
-    start(client, job, image, command, image_dir, gpu)
+    job, image, image_dir, gpu, command = (_restart(client, a) if a.resume
+                                           else _new_job(client, a, init))
+    start(client, job, image, [*command, *rest], image_dir, gpu)
     say(f"job {job} started on {a.host} ({'GPU' if gpu else 'CPU'} image {image})")
     return _finish(client, job, a)
+
+
+def _restart(client, a: argparse.Namespace) -> tuple[str, str, str, bool, list[str]]:
+    """(job, image, image dir, gpu, command) to continue job a.resume on its volume."""
+    job = a.resume
+    labels = jobvolume.labels(client, job)
+    try:
+        stopped = client.containers.get(container_name(job))
+        if stopped.status == "running":
+            raise LaunchError(f"job {job} is still running: --attach {job} to follow it")
+        stopped.remove()
+    except docker.errors.NotFound:
+        pass
+    gpu = labels.get("nima.flavor") == "gpu"
+    image = _image(client, gpu, a.rebuild)
+    command = ["train", "--resume", f"{WORK}/job", "--image-dir", IMAGES]
+    return job, image, a.image_dir or labels["nima.image-dir"], gpu, command
+
+
+def _new_job(client, a: argparse.Namespace,
+             init: Path | None) -> tuple[str, str, str, bool, list[str]]:
+    """(job, image, image dir, gpu, command) of a new job, its volume made and filled."""
+    gpu = a.gpu or (not a.cpu and container.gpu_config_reason(a.config_file) is not None)
+    image = _image(client, gpu, a.rebuild)
+    job = jobvolume.create(client, launch.new_job_dir(a.jobs_dir).name, labels={
+        "nima.image-dir": a.image_dir, "nima.image": image, "nima.flavor": "gpu" if gpu else "cpu"})
+    try:
+        sent = jobvolume.upload_inputs(client, job, image, a.config_file, a.samples_file,
+                                       a.image_dir, init)
+    except LaunchError:
+        client.volumes.get(jobvolume.name(job)).remove()
+        raise
+    command = ["train", *sent, "--image-dir", IMAGES, "--job-dir", f"{WORK}/job"]
+    return job, image, a.image_dir, gpu, command
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,7 +7,8 @@ slower (7 img/s). On a GPU, Keras stays the right choice (batched GPU kernels).
 
 The converted flatbuffer is cached under ~/.cache/nima/tflite (or $NIMA_CACHE_DIR/tflite),
 keyed by the SHA-256 of the model file(s), so conversion (seconds) happens once per model.
-`convert_tflite(model) -> bytes` is the one conversion routine; export reuses it.
+The conversion is `nima export --format tflite`'s own (`export.tflite_bytes`), so the file a
+user exports is the file predict runs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from nima.errors import ModelError
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "keras", "tflite")
+# Part of the cache key: a new conversion (other outputs, ops) must not meet old files.
+CONVERSION = "export.tflite_bytes/1"
 
 
 class Runner(Protocol):
@@ -67,30 +70,24 @@ class KerasRunner:
 # --- TFLite -----------------------------------------------------------------------------------
 
 def convert_tflite(model) -> bytes:
-    """A Keras model -> float32 TFLite flatbuffer with a dynamic batch dimension.
-
-    No quantisation: scores must equal the Keras model's (measured max abs diff ~1e-8).
-    Raises ModelError when the converter refuses the graph (an op TFLite lacks).
-    """
+    """A Keras model -> float32 TFLite flatbuffer with a dynamic batch dimension, through
+    `export.tflite_bytes` (no quantisation: scores equal the Keras model's to ~1e-6)."""
     import contextlib
     import io
 
-    import tensorflow as tf
+    from nima import export
 
-    # from_keras_model goes through a SavedModel export that prints its signature to stdout;
-    # stdout may be carrying JSON results, so that chatter is captured and logged instead.
+    # The SavedModel step of a conversion may print to stdout, which may be carrying JSON
+    # results: that chatter is captured and logged instead.
     chatter = io.StringIO()
     try:
         with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            converter = tf.lite.TFLiteConverter.from_keras_model(model)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-            content = bytes(converter.convert())
-    except Exception as e:  # the converter raises many types (ConverterError, ValueError, ...)
-        raise ModelError(f"TFLite conversion failed: {str(e).strip().splitlines()[0]}") from None
+            return export.tflite_bytes(model)
+    except export.ExportError as e:
+        raise ModelError(str(e)) from None
     finally:
         log.debug("converter output: %s", chatter.getvalue())
-    return content
 
 
 def _interpreter_class() -> tuple[type, str]:
@@ -120,7 +117,9 @@ class TFLiteRunner:
         detail = self.interp.get_input_details()[0]
         self._input = detail["index"]
         self.input_size = int(detail["shape_signature"][1])
-        self._output = self.interp.get_output_details()[0]["index"]
+        # The distribution: the one (N, 10) output (an exported file also has mean and sd).
+        self._output = next(d["index"] for d in self.interp.get_output_details()
+                            if list(d["shape_signature"][1:]) == [10])
         self._batch = -1
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -146,7 +145,7 @@ def cache_dir() -> Path:
 
 def file_key(paths: Iterable[Path]) -> str:
     """SHA-256 over the model file(s) bytes and the TF version: same weights, same key."""
-    h = hashlib.sha256()
+    h = hashlib.sha256(CONVERSION.encode())
     for p in paths:
         with open(p, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -193,6 +193,15 @@ def test_predict_writes_json_and_prints_to_stdout(world):
         assert r.returncode == 0, r.stderr[-3000:]
         [shipped] = json.loads(r.stdout)
         assert shipped["image_id"] == "img0003" and 1 <= shipped["mean_score_prediction"] <= 10
+        # Shipped models by name, two scores from one decode: names pass the launcher as they
+        # are and resolve inside the image.
+        r = launch(world, "predict", "--image-source", "images/img0003.jpg", "--model",
+                   "technical", "--also", "aesthetic")
+        assert r.returncode == 0, r.stderr[-3000:]
+        [both] = json.loads(r.stdout)
+        assert sorted(both["scores"]) == ["aesthetic", "technical"]
+        assert both["scores"]["aesthetic"]["predictions"] == shipped["predictions"]
+        assert both["mean_score_prediction"] == both["scores"]["technical"]["mean_score_prediction"]
 
 
 def test_the_tflite_conversion_is_cached_between_containers(world):
@@ -250,6 +259,7 @@ def test_predict_into_a_closed_pipe_stops_quietly(world):
 
 
 def test_inputs_are_read_only_and_the_job_dir_writable_in_the_container(world, capfd):
+    from nima import container
     from nima import launch as L
 
     w = world["work"]
@@ -268,9 +278,9 @@ def test_inputs_are_read_only_and_the_job_dir_writable_in_the_container(world, c
     spec.entrypoint = ["python3", "-c", probe]
     spec.command = [c[c.index("--config-file") + 1], c[c.index("--samples-file") + 1],
                     c[c.index("--image-dir") + 1] + "/new.jpg", c[c.index("--job-dir") + 1]]
-    image = L.image_tag("cpu", world["repo"], world["env"]["NIMA_BASE_IMAGE"])
-    code, _ = L.run_container(world["client"], image, spec, network="none",
-                              user=f"{UID}:{GID}")
+    image = container.image_tag("cpu", world["repo"], world["env"]["NIMA_BASE_IMAGE"])
+    code, _ = container.run_container(world["client"], image, spec, network="none",
+                                      user=f"{UID}:{GID}")
     assert code == 0, capfd.readouterr().err
     assert (job / "written").read_text() == "ok"
     assert (job / "written").stat().st_uid == UID
@@ -498,7 +508,7 @@ def test_gpu_run_builds_the_gpu_image_and_says_why_no_gpu_can_be_had(world):
 def test_a_code_change_rebuilds_the_image_without_reinstalling_the_requirements(world):
     """The requirements have their own layer: on the official TensorFlow image (which lacks
     scikit-learn, scipy, matplotlib, ...) every code change re-downloaded them."""
-    from nima import launch as L
+    from nima import container as L
 
     client, base = world["client"], world["env"]["NIMA_BASE_IMAGE"]
     repo = Path(tempfile.mkdtemp(prefix="nimarepo-", dir="/tmp")) / "repo"

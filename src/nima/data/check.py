@@ -24,7 +24,7 @@ from typing import Any
 from nima.data.labelfile import read_label_json, write_label_rows
 from nima.errors import DataError, ImageError
 from nima.images import open_image
-from nima.labels import find_image, index_images, validate_image_id, validate_label
+from nima.labels import find_image, id_folders, index_images, validate_image_id, validate_label
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,8 @@ def check(labels_file: str | Path, image_dir: str | Path | None = None, *,
     if image_dir is None:
         result.good = candidates
     else:
-        index = index_images(image_dir)
+        ids = [data[i]["image_id"] for i in candidates]
+        index = index_images(image_dir, id_folders(ids))
         located: list[tuple[int, Path]] = []
         for i in candidates:
             image_id = data[i]["image_id"]

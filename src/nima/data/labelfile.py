@@ -8,14 +8,13 @@ Text inputs (AVA.txt, mos files, CSVs) report errors as "FILE:LINE: what is wron
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from nima import files
 from nima.errors import DataError, LabelError
-from nima.labels import MAX_FILE_BYTES, read_json_file
+from nima.labels import MAX_FILE_BYTES, rows_to_json
 
 
 def input_error(path: str | Path, lineno: int, message: str) -> DataError:
@@ -59,11 +58,11 @@ def parse_number(path: str | Path, lineno: int, field: str, text: str) -> float:
 def read_label_json(path: str | Path) -> list[Any]:
     """The decoded JSON array of a label file, rows unvalidated.
 
-    Read like the trainer reads it (`nima.labels.read_json_file`: BOM, size limit, nesting,
+    Read like the trainer reads it (`nima.files.read_json`: BOM, size limit, nesting,
     positions in errors), so a file the tools accept is one training accepts, and vice versa.
     """
     path = Path(path)
-    data = read_json_file(path, "samples file", MAX_FILE_BYTES, LabelError)
+    data = files.read_json(path, "samples file", MAX_FILE_BYTES, LabelError)
     if not isinstance(data, list):
         raise LabelError(f"{path}: expected a JSON array of samples, got {type(data).__name__}")
     if not data:
@@ -71,21 +70,8 @@ def read_label_json(path: str | Path) -> list[Any]:
     return data
 
 
-def _number(v: Any) -> Any:
-    """Keep integer vote counts as integers, everything else as float."""
-    if isinstance(v, int) and not isinstance(v, bool):
-        return v
-    return float(v)
-
-
-def rows_to_json(rows: Iterable[tuple[str, Sequence[Any]]]) -> str:
-    """Same layout as the shipped files: one compact object per line inside the array."""
-    lines = [json.dumps({"image_id": image_id, "label": [_number(v) for v in label]},
-                        separators=(",", ":"), allow_nan=False) for image_id, label in rows]
-    return "[\n" + ",\n".join(lines) + ("\n" if lines else "") + "]\n"
-
-
 def write_label_rows(path: str | Path, rows: Iterable[tuple[str, Sequence[Any]]]) -> None:
+    """Raw rows (vote counts stay counts) in the label file format of `nima.labels`."""
     files.write_text(path, rows_to_json(rows))
 
 
