@@ -15,6 +15,12 @@ What it does:
   4. Runs `nima predict` as a fresh process per measurement: end to end, from process start to
      the predictions file written; peak RSS of that process from GNU time (/usr/bin/time).
 Prints img/s for both, the ratio, peak RSS; the load average before and after each run.
+
+    .venv/bin/python bench/predict.py --images 600 --models OLD NEW [--rounds 3]
+
+compares shipped models instead (e.g. the previous and the new technical model): after one
+untimed run each (TFLite conversion), each model is timed --rounds times, alternating, on
+the same JPEGs; the best round of each and the median CPU seconds per image are reported.
 """
 
 from __future__ import annotations
@@ -164,6 +170,29 @@ def nima_run(folder: Path, model: Path, out: Path, backend: str, extra=()) -> di
             "cpu_s": round(cpu, 1), "peak_rss_mib": round(rss), "load_before": before, "load_after": load()}
 
 
+def compare_models(folder: Path, models: list[Path], rounds: int) -> dict:
+    """End-to-end `nima predict` (TFLite) of each model on the same files, alternating so that
+    a change of machine load hits every model alike."""
+    shutil.rmtree(CACHE, ignore_errors=True)
+    for m in models:  # untimed: TFLite conversion into the cache
+        nima_run(folder, m, DATA / "out.json", "tflite")
+    runs: dict[str, list[dict]] = {str(m): [] for m in models}
+    for _ in range(rounds):
+        for m in models:
+            runs[str(m)].append(nima_run(folder, m, DATA / "out.json", "tflite"))
+    cpu = Path("/proc/cpuinfo").read_text()
+    name = next((line.split(":", 1)[1].strip() for line in cpu.splitlines()
+                 if line.startswith("model name")), "unknown CPU")
+    res = {"cpu": name, "cpus": os.cpu_count(),
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "models": {}}
+    for m, rs in runs.items():
+        res["models"][m] = {"best_img_s": max(r["img_s"] for r in rs),
+                            "median_cpu_ms_per_image": round(float(np.median(
+                                [1000 * r["cpu_s"] / r["images"] for r in rs])), 2),
+                            "runs": rs}
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=3000)
@@ -176,9 +205,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--check", type=int, default=200,
                     help="compare TFLite with Keras scores on this many images (0: skip)")
+    ap.add_argument("--models", type=Path, nargs="+",
+                    help="time these models (dirs or .keras) against each other instead")
+    ap.add_argument("--rounds", type=int, default=3, help="timed runs per model (--models)")
     a = ap.parse_args()
 
     folder = make_images(DATA / f"n{a.images}", a.images)
+    if a.models:
+        print(json.dumps(compare_models(folder, a.models, a.rounds), indent=2))
+        return
     model = make_model(DATA / "mobilenet224.keras")
     res: dict = {"machine": f"{os.cpu_count()} CPUs, {os.uname().machine}",
                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

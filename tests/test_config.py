@@ -48,6 +48,8 @@ def test_defaults_and_roundtrip(tmp_path):
     ({}, "base_model_name"),
     ({"base_model_name": "MobileNetV9"}, "base_model_name"),
     ({"base_model_name": " MobileNet"}, "base_model_name"),
+    ({"base_model_name": "MobileNet", "base_output_layer": ""}, "base_output_layer"),
+    ({"base_model_name": "MobileNet", "base_output_layer": 12}, "base_output_layer"),
 ])
 def test_bad_values_name_the_key(data, key):
     with pytest.raises(ConfigError, match=key):

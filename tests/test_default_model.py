@@ -57,3 +57,15 @@ def test_pristine_outscores_strong_distortions_on_held_out_photos(predictor: Pre
             mild, strong = score[(name, dname, 2)], score[(name, dname, 5)]
             assert clean > strong, (name, dname, clean, strong)
             assert mild > strong, (name, dname, mild, strong)
+
+
+def test_clean_samples_outscore_every_damaged_sample(predictor: Predictor):
+    # The README's own samples: each damaged one (level-4 defect of another held-out photo)
+    # must score below every clean one, whatever the defect, JPEG included.
+    damaged = ["sunset_blurred.jpg", "brushes_noisy.jpg", "wine_compressed.jpg",
+               "dandelions_dark.jpg"]
+    batch = np.stack([images.load_image(REPO / "data" / "samples" / name, predictor.input_size)
+                      for name in PRISTINE + damaged])
+    means = predictor.predict_arrays(batch) @ np.arange(1, 11)
+    clean, bad = means[:len(PRISTINE)], means[len(PRISTINE):]
+    assert clean.min() > bad.max(), dict(zip(PRISTINE + damaged, means.round(2).tolist()))

@@ -186,3 +186,26 @@ def test_sigkill_at_exact_points_then_resume(tmp_path, kill, backend):
     expected_epoch = 2 if "KILL_AFTER_EPOCH" in kill else 1
     assert killed["epoch"] == expected_epoch and killed["phase"] == "dense"
     _resume_and_check(job, dense, all_, killed, env)
+
+
+def test_resume_does_not_need_the_base_weights_file_any_more(tmp_path):
+    """The checkpoint holds every weight: a job whose base_weights file is gone (another
+    machine, a Docker mount, a fresh clone of a config naming build/weights/...) resumes."""
+    import keras
+
+    weights = tmp_path / "base.weights.h5"
+    keras.applications.MobileNet(alpha=0.25, include_top=False, pooling="avg", weights=None,
+                                 input_shape=(32, 32, 3)).save_weights(weights)
+    args, job = _job(tmp_path, 1, 1)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()),
+                                  "base_weights": str(weights)}))
+    r = subprocess.run([sys.executable, "-c", DRIVER, *args], capture_output=True, text=True,
+                       env={**ENV, "KILL_AFTER_EPOCH": "1"}, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+    weights.unlink()
+    r = subprocess.run([sys.executable, "-m", "nima", "train", "--resume", str(job)],
+                       capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming {job} after epoch 1" in r.stderr
+    assert json.loads((job / "summary.json").read_text())["epochs"] == 2

@@ -116,3 +116,37 @@ def test_save_load_roundtrip_safe_mode(tmp_path):
     np.testing.assert_allclose(again.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
     with pytest.raises(ModelError, match="not found"):
         load_model(tmp_path / "nope.keras")
+
+
+def test_base_output_layer_pools_a_cut_base_that_trains_saves_and_exports(tmp_path):
+    whole = build_model(Config(base_model_name="MobileNetV2", base_weights=None, input_size=64))
+    cfg = Config(base_model_name="MobileNetV2", base_weights=None, input_size=64,
+                 base_output_layer="block_6_expand_relu", batchnorm_momentum=0.9)
+    model = build_model(cfg)
+    base = base_of(model)
+    assert base.output_shape == (None, 192)  # block_6's expansion: 32 channels x 6
+    assert model.count_params() < whole.count_params() / 10
+    assert "block_6_depthwise" not in {layer.name for layer in base.layers}
+    assert all(layer.momentum == 0.9 for layer in base.layers
+               if isinstance(layer, keras.layers.BatchNormalization))
+    base.trainable = False
+    assert len(model.trainable_weights) == 2  # freezing the cut base leaves the head
+
+    x = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 3)).astype("float32")
+    model.save(tmp_path / "cut.keras")
+    again = load_model(tmp_path / "cut.keras")
+    assert base_of(again).output_shape == (None, 192)
+    np.testing.assert_allclose(again.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
+
+    from nima.runtime import TFLiteRunner, convert_tflite
+    lite = TFLiteRunner(convert_tflite(again), num_threads=1)
+    np.testing.assert_allclose(lite(x), model.predict_on_batch(x), atol=1e-4)
+
+
+def test_unknown_base_output_layer_is_one_line_naming_layer_and_base():
+    with pytest.raises(ModelError) as e:
+        build_model(Config(base_model_name="MobileNetV2", base_weights=None, input_size=64,
+                           base_output_layer="block_6_expand_rel"))
+    msg = str(e.value)
+    assert "'block_6_expand_rel'" in msg and "MobileNetV2" in msg and "\n" not in msg
+    assert "did you mean 'block_6_expand_relu'" in msg

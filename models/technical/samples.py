@@ -1,12 +1,12 @@
 """Write the README sample photos (data/samples/) from held-out source photos.
 
 Only photos of the test split (never seen in training) are used: three pristine, four with one
-visible defect each, so the scores the default model gives them differ. Each is a 3:2 (or 2:3)
+visible defect each, so the scores the technical model gives them differ. Each is a 3:2 (or 2:3)
 centre crop, 288 pixels on its long side (near the model's 192-pixel input, so the defects
 reach it at about the scale it was trained on), saved as JPEG quality 95; the defects are
 level 4 of `nima data distort` (the 'jpeg' sample is saved at quality 7).
 
-    python models/technical/samples.py SOURCES_DIR MANIFEST OUT_DIR
+    python models/technical/samples.py SOURCES_DIR OUT_DIR     (SOURCES_DIR: sources.py's output)
 """
 
 from __future__ import annotations
@@ -58,15 +58,15 @@ def degrade(img: Image.Image, defect: str | None) -> tuple[Image.Image, int]:
 
 
 def main(argv: list[str]) -> int:
-    sources, manifest, out = Path(argv[0]), Path(argv[1]), Path(argv[2])
-    held_out = {s["name"] for s in json.loads(manifest.read_text())["sources"]
-                if s["split"] == "test"}
+    sources, out = Path(argv[0]), Path(argv[1])
+    index = sources / "sources.json"
+    held_out = {s["name"] for s in json.loads(index.read_text()) if s["split"] == "test"}
     out.mkdir(parents=True, exist_ok=True)
     for name, source, defect in SAMPLES:
         if source not in held_out:
-            sys.exit(f"{source} is not a held-out photo in {manifest}")
-        img, quality = degrade(centre_crop(Image.open(sources / f"{source}.png").convert("RGB")),
-                               defect)
+            sys.exit(f"{source} is not a held-out photo in {index}")
+        photo = Image.open(sources / "test" / f"{source}.png").convert("RGB")
+        img, quality = degrade(centre_crop(photo), defect)
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=quality)
         (out / name).write_bytes(buf.getvalue())

@@ -1,16 +1,18 @@
-"""Fetch and prepare the pristine source photographs of the default model, reproducibly.
+"""Fetch and prepare the pristine source photographs of the technical model, reproducibly.
 
 Every source is a real photograph (no drawings, renders or abstract wallpapers) that this
 machine can install from a package registry: scikit-image's bundled data images, scikit-learn's
-sample images and photographic wallpapers from Debian packages (downloaded with
-`apt-get download`, unpacked with `dpkg-deb -x`, never installed). Each is written to OUT as
-PNG, downscaled so its short side is at most 768 pixels (which also hides the JPEG artefacts
-of the originals), together with OUT/sources.json: origin, author, licence and the SHA-256 of
-the original file, so a changed package version is noticed, not silently trained on.
+and matplotlib's sample images, photographic wallpapers and example images from Debian
+packages (downloaded with `apt-get download`, unpacked with `dpkg-deb -x`, never installed).
+Each is written as PNG to OUT/train/ or, for the whole photos held out for measurement
+(HELD_OUT), OUT/test/, downscaled so its short side is at most 768 pixels (which also hides
+the JPEG artefacts of the originals), together with OUT/sources.json: split, origin, author,
+licence and the SHA-256 of the original file, so a changed package version is noticed, not
+silently trained on.
 
     python models/technical/sources.py OUT [--cache DIR]
 
-Needs scikit-image (pip install scikit-image) and apt-get/dpkg-deb (Debian).
+Needs scikit-image, scikit-learn, matplotlib (pip) and apt-get/dpkg-deb (Debian).
 """
 
 from __future__ import annotations
@@ -32,6 +34,16 @@ log = logging.getLogger("sources")
 MAX_SHORT_SIDE = 768
 BG = "/usr/share/backgrounds/"
 L16 = "lomiri-wallpapers-16.04"
+WP = "/usr/share/wallpapers/"
+# plasma-workspace-wallpapers: the package's copyright file says GPL-2+ for every file, each
+# wallpaper's own metadata.json says LGPL-3 (LGPLv3); both are recorded.
+PL, PLL = "plasma-workspace-wallpapers", "GPL-2+ (Debian copyright), LGPL-3 (metadata.json)"
+# darknet's example images: Debian's copyright file covers all files with one statement.
+DN, DNA, DNL = "/usr/share/darknet/data/", "darknet (Joseph Redmon)", "GPL-3.0+ or MIT or WTFPL"
+# opencv-doc's sample data: Debian's copyright file, "Files: *" (no per-image entry).
+CV, CVA, CVL = "opencv-doc", "OpenCV contributors", "Apache-2.0 AND BSD-3-Clause"
+CVE = "/usr/share/doc/opencv-doc/examples/"
+CVD = CVE + "data/"
 
 # (name, origin, path inside it, author, licence). Read each against the package's own
 # copyright file (/usr/share/doc/<package>/copyright) or the library's data README.
@@ -86,7 +98,71 @@ SOURCES: list[tuple[str, str, str, str, str]] = [
      "GPL-2+"),
     ("yellow-flower", "mate-backgrounds", BG + "mate/nature/YellowFlower.jpg",
      "Charles Barbin", "GPL-2+"),
+    # Added for issue 15 (pretrained technical model): more scenes, sharper and softer ones.
+    ("bythewater", PL, WP + "BytheWater/contents/images/2560x1600.jpg", "Maciej Wiklo", PLL),
+    ("coldripple", PL, WP + "ColdRipple/contents/images/2560x1600.jpg", "Risto Saukonpää",
+     PLL),
+    ("colorfulcups", PL, WP + "ColorfulCups/contents/images/2560x1600.jpg", "Dmitri Popov",
+     PLL),
+    ("darkesthour", PL, WP + "DarkestHour/contents/images/2560x1600.jpg", "Risto Saukonpää",
+     PLL),
+    ("eveningglow", PL, WP + "EveningGlow/contents/images/2560x1600.jpg", "Ian Hex", PLL),
+    ("fallenleaf", PL, WP + "FallenLeaf/contents/images/2560x1600.jpg", "Martin Klapetek", PLL),
+    ("grey", PL, WP + "Grey/contents/images/2560x1600.jpg", "Sigi Sagi", PLL),
+    ("kite", PL, WP + "Kite/contents/images/2560x1600.jpg", "Risto Saukonpää", PLL),
+    ("onestandsout", PL, WP + "OneStandsOut/contents/images/2560x1600.jpg", "Risto Saukonpää",
+     PLL),
+    ("path", PL, WP + "Path/contents/images/2560x1600.jpg", "Risto Saukonpää", PLL),
+    ("summer-1am", PL, WP + "summer_1am/contents/images/2560x1600.jpg", "Risto Saukonpää",
+     PLL),
+    ("dog-bike", "darknet", DN + "dog.jpg", DNA, DNL),
+    ("eagle", "darknet", DN + "eagle.jpg", DNA, DNL),
+    ("giraffe", "darknet", DN + "giraffe.jpg", DNA, DNL),
+    ("horses", "darknet", DN + "horses.jpg", DNA, DNL),
+    ("kite-beach", "darknet", DN + "kite.jpg", DNA, DNL),
+    ("person-horse", "darknet", DN + "person.jpg", DNA, DNL),
+    ("fruits", CV, CVD + "fruits.jpg", CVA, CVL),
+    ("baboon", CV, CVD + "baboon.jpg", CVA, CVL),
+    ("leuven", CV, CVD + "leuvenA.jpg", CVA, CVL),
+    ("squirrel", CV, CVD + "squirrel_cls.jpg", CVA, CVL),
+    ("house", CV, CVD + "home.jpg", CVA, CVL),
+    ("aloe", CV, CVD + "aloeL.jpg", CVA, CVL),
+    ("circuit-board", CV, CVD + "board.jpg", CVA, CVL),
+    ("orange", CV, CVD + "orange.jpg", CVA, CVL),
+    ("desk-stuff", CV, CVD + "stuff.jpg", CVA, CVL),
+    ("ela-building", CV, CVD + "ela_original.jpg", CVA, CVL),
+    ("aerial-1", CV, CVD + "aero1.jpg", CVA, CVL),
+    ("aerial-3", CV, CVD + "aero3.jpg", CVA, CVL),
+    ("apple", CV, CVD + "apple.jpg", CVA, CVL),
+    ("swallowtail", CV, CVD + "butterfly.jpg", CVA, CVL),
+    ("hotel", CV, CVD + "building.jpg", CVA, CVL),
+    ("basketball", CV, CVD + "basketball1.png", CVA, CVL),
+    ("toys", CV, CVD + "rubberwhale1.png", CVA, CVL),
+    ("pekingese", CV, CVD + "chicky_512.png", CVA, CVL),
+    ("smarties", CV, CVD + "smarties.png", CVA, CVL),
+    ("graffiti", CV, CVD + "graf1.png", CVA, CVL),
+    ("box-scene", CV, CVD + "box_in_scene.png", CVA, CVL),
+    ("potted-plant", CV, CVE + "alphamat/input_images/plant.jpg", CVA, CVL),
+    ("chessboard", CV, CVD + "left01.jpg", CVA, CVL),
+    ("car", CV, CVE + "hfs/data/001.jpg", CVA, CVL),
+    ("lake", CV, CVE + "hfs/data/002.jpg", CVA, CVL),
+    ("brick", "scikit-image", "brick", "CC0Textures (Bricks25)", "CC0"),
+    ("grass", "scikit-image", "grass", "DeviantArt user linolafett", "CC0"),
+    ("gravel", "scikit-image", "gravel", "CC0Textures (Gravel04)", "CC0"),
+    ("hubble", "scikit-image", "hubble_deep_field", "NASA (Hubble eXtreme Deep Field)",
+     "public domain"),
+    ("retina", "scikit-image", "retina", "Mikael Häggström", "CC0-1.0"),
+    ("grace-hopper", "matplotlib", "grace_hopper.jpg", "U.S. Navy (photo of Grace Hopper)",
+     "public domain"),
 ]
+
+# Whole photos never trained on: the measurement set (bench/default_model.py, bench/brisque.py)
+# and the sources of data/samples/. The first eight are the previous model's held-out photos
+# (data/samples/ comes from seven of them); the other eight were drawn once at random
+# (Python's random.Random(15).sample of 8) among the 48 photos added for issue 15.
+HELD_OUT = {"bird-lamps", "brushes", "dandelions", "dogs", "rocket", "storm", "sunset", "wine",
+            "aerial-1", "aerial-3", "aloe", "apple", "chessboard", "colorfulcups", "desk-stuff",
+            "kite-beach"}
 
 
 def fetch_debs(packages: set[str], cache: Path) -> Path:
@@ -122,6 +198,12 @@ def load(origin: str, where: str, deb_root: Path | None) -> tuple[Image.Image, b
 
         arr = load_sample_image(where)
         return Image.fromarray(arr), arr.tobytes()
+    if origin == "matplotlib":
+        import matplotlib.cbook
+
+        with matplotlib.cbook.get_sample_data(where) as f:
+            data = f.read()
+        return Image.open(io.BytesIO(data)).convert("RGB"), data
     data = (deb_root / where.lstrip("/")).read_bytes()
     return Image.open(io.BytesIO(data)).convert("RGB"), data
 
@@ -132,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", type=Path)
     ap.add_argument("--cache", type=Path, default=Path("build/debs"))
     a = ap.parse_args(argv)
-    debs = {o for _, o, *_ in SOURCES if o not in ("scikit-image", "scikit-learn")}
+    debs = {o for _, o, *_ in SOURCES if o not in ("scikit-image", "scikit-learn", "matplotlib")}
     deb_root = fetch_debs(debs, a.cache) if debs else None
     a.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -142,11 +224,13 @@ def main(argv: list[str] | None = None) -> int:
         scale = MAX_SHORT_SIDE / min(w, h)
         if scale < 1:
             img = img.resize((round(w * scale), round(h * scale)), Image.Resampling.LANCZOS)
-        img.save(a.out / f"{name}.png")
-        rows.append({"name": name, "origin": origin, "file": where, "author": author,
-                     "licence": licence, "original_size": [w, h],
+        split = "test" if name in HELD_OUT else "train"
+        (a.out / split).mkdir(exist_ok=True)
+        img.save(a.out / split / f"{name}.png")
+        rows.append({"name": name, "split": split, "origin": origin, "file": where,
+                     "author": author, "licence": licence, "original_size": [w, h],
                      "sha256": hashlib.sha256(raw).hexdigest()})
-        log.info("%-14s %s %s (%dx%d)", name, origin, where, w, h)
+        log.info("%-14s %-5s %s %s (%dx%d)", name, split, origin, where, w, h)
     (a.out / "sources.json").write_text(json.dumps(rows, indent=1) + "\n")
     return 0
 

@@ -85,6 +85,10 @@ class Config:
     base_model_args: dict = field(default_factory=dict)
     # "imagenet" (Keras downloads and caches it), null (random init) or a path to a weights file.
     base_weights: str | None = "imagenet"
+    # Name of the base layer whose output is global-average pooled into the head; null pools
+    # the whole base. Cutting at a middle block keeps the low/mid-level features technical
+    # quality depends on (blur, noise, JPEG blocks) and drops the cost of the late blocks.
+    base_output_layer: str | None = None
     # Square input side of the network; null means the base model's own default (224, 299, ...).
     input_size: int | None = None
     # Training images are resized to resize_size x resize_size, then randomly cropped to
@@ -214,6 +218,8 @@ def _check_values(cfg: Config) -> None:
     if cfg.base_model_name not in BASES:
         raise bad("base_model_name", "must be one of the supported keras.applications models ("
                   + ", ".join(sorted(BASES)) + ")")
+    if cfg.base_output_layer is not None and not cfg.base_output_layer.strip():
+        raise bad("base_output_layer", "must be a layer name of the base model or null")
     if cfg.input_size is not None and not 32 <= cfg.input_size <= 2048:
         raise bad("input_size", "must be between 32 and 2048")
     if cfg.resize_size is not None and not 32 <= cfg.resize_size <= 4096:

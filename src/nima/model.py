@@ -10,6 +10,7 @@ the same input, and safe-mode loading never has to deserialise Python code.
 
 from __future__ import annotations
 
+import difflib
 import logging
 from pathlib import Path
 
@@ -92,12 +93,14 @@ class EMDLoss(keras.losses.Loss):
 
 
 def build_base(config: Config, input_size: int) -> keras.Model:
-    """The keras.applications CNN without its top, global-average pooled."""
+    """The keras.applications CNN without its top, global-average pooled (at
+    `config.base_output_layer` when set)."""
     spec = BASES[config.base_model_name]
     constructor = getattr(keras.applications, config.base_model_name)
     weights = config.base_weights
-    kwargs = dict(include_top=False, pooling="avg", input_shape=(input_size, input_size, 3),
-                  **config.base_model_args)
+    cut = config.base_output_layer
+    kwargs = dict(include_top=False, pooling=None if cut else "avg",
+                  input_shape=(input_size, input_size, 3), **config.base_model_args)
     if weights not in (None, "imagenet"):
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -117,13 +120,30 @@ def build_base(config: Config, input_size: int) -> keras.Model:
                 '"base_weights" to null (random init) or to a local weights file'
             ) from None
         raise
+    if cut:
+        base = _cut_base(base, cut, config.base_model_name)
     if config.batchnorm_momentum is not None:
         for layer in base.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = config.batchnorm_momentum
-    log.info("base %s (%s preprocessing), input %dx%d, weights=%s", config.base_model_name,
-             spec.preprocess, input_size, input_size, config.base_weights)
+    log.info("base %s (%s preprocessing), input %dx%d, weights=%s%s", config.base_model_name,
+             spec.preprocess, input_size, input_size, config.base_weights,
+             f", pooled at {cut}" if cut else "")
     return base
+
+
+def _cut_base(base: keras.Model, layer_name: str, base_name: str) -> keras.Model:
+    """The base up to `layer_name`, global-average pooled: still one nested keras.Model, so
+    freezing, calibration and saving treat it like a whole base."""
+    names = [layer.name for layer in base.layers]
+    if layer_name not in names:
+        close = difflib.get_close_matches(layer_name, names, n=3)
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        raise ModelError(f"base_output_layer {layer_name!r} is not a layer of "
+                         f"{base_name}{hint}")
+    output = base.get_layer(layer_name).output
+    pooled = keras.layers.GlobalAveragePooling2D(name="cut_pool")(output)
+    return keras.Model(base.inputs, pooled, name=base.name)
 
 
 def build_model(config: Config) -> keras.Model:

@@ -121,7 +121,10 @@ def _run(config: Config, samples: list[labels.Sample], image_dir: Path, job: Pat
 
     # Built before the data: a failed ImageNet download or a wrong --init-model shows at once,
     # not after minutes of probing a large image folder.
-    model = _build_model(config, dist, init_model)
+    # A resumed job's weights all come from its checkpoint, so its base_weights file need not
+    # exist any more (another machine, a Docker mount, a fresh clone of the config's build/).
+    model = _build_model(config.replace(base_weights=None) if state else config, dist,
+                         init_model)
 
     found, skipped = usable_images(samples, image_dir, job, config.max_missing_fraction)
     train_set, val_set = labels.split(found, config.validation_fraction, config.seed)
