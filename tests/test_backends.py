@@ -160,3 +160,18 @@ def test_jax_data_parallel_over_two_devices(tmp_path):
     # Full global batches only: 30 training images -> 3 steps of 8 per epoch.
     assert summary["n_train"] == 30
     assert history[0]["train_images_per_second"] > 0
+
+
+
+@pytest.mark.parametrize("backend, message", [
+    ("foo", "KERAS_BACKEND=foo: nima runs on tensorflow, jax, torch"),
+    # tests/hide_tensorflow makes it missing
+    ("tensorflow", "KERAS_BACKEND=tensorflow but tensorflow is not installed "
+                   "(pip install tensorflow)"),
+])
+def test_an_unusable_backend_is_one_line(backend, message):
+    r = nima("predict", "--model", "technical", "--image-source",
+             str(REPO / "data" / "samples" / "dogs.jpg"), env=backend_env(backend),
+             check=False)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == f"nima predict: error: {message}"

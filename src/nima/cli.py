@@ -318,11 +318,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # at INFO each accelerator plugin it does not find (libtpu on every machine).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    from nima import kerasbackend
     from nima.errors import NimaError
 
     # "nima data check: error: ..." names the nested tool too.
     command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
     try:
+        kerasbackend.check()
         return args.run(args)
     except UsageError as e:
         # the subcommand's own usage line and prog ("nima train: error: ..."), not nima's

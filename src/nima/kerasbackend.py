@@ -38,16 +38,33 @@ def name() -> str:
         return "tensorflow"
 
 
+def check() -> None:
+    """A backend nima runs on, installed: one line otherwise (Keras itself would raise a
+    traceback from deep inside its import)."""
+    backend = name()
+    if backend not in PACKAGES:
+        raise NimaError(f"KERAS_BACKEND={backend}: nima runs on {', '.join(PACKAGES)}")
+    if not _installed(PACKAGES[backend]):
+        hint = {"jax": "pip install 'jax[cpu]'", "torch": "pip install torch"}.get(
+            backend, "pip install tensorflow")
+        raise NimaError(f"KERAS_BACKEND={backend} but {PACKAGES[backend]} is not installed "
+                        f"({hint})")
+
+
 def is_tensorflow() -> bool:
     return name() == "tensorflow"
 
 
-def has_tensorflow() -> bool:
-    """Whether TensorFlow can be imported at all (it may be, under another backend)."""
+def _installed(package: str) -> bool:
     try:
-        return importlib.util.find_spec("tensorflow") is not None
+        return importlib.util.find_spec(package) is not None
     except (ImportError, ValueError):
         return False
+
+
+def has_tensorflow() -> bool:
+    """Whether TensorFlow can be imported at all (it may be, under another backend)."""
+    return _installed("tensorflow")
 
 
 def require_tensorflow(what: str) -> None:
