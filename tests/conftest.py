@@ -28,6 +28,16 @@ def pytest_unconfigure(config):
 
 
 REPO = Path(__file__).resolve().parents[1]
+HIDE_TF = REPO / "tests" / "hide_tensorflow"  # see its sitecustomize.py
+
+
+def backend_env(backend: str, path: tuple[Path, ...] = (), **extra: str) -> dict:
+    """The environment of a `nima` process on `backend`, TensorFlow hidden, `path` first on
+    its module path."""
+    path = [str(HIDE_TF), *map(str, path)]
+    path += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": os.pathsep.join(path),
+            "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu", **extra}
 
 
 def gaussian_label(mean: float, sd: float = 1.2) -> list[float]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,21 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, make_images, tiny_config
+from conftest import REPO, backend_env, make_images, tiny_config
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
                                 reason="jax is not installed (pip install 'jax[cpu]')")
-
-HIDE_TF = REPO / "tests" / "hide_tensorflow"
-
-
-def backend_env(backend: str, path: tuple[Path, ...] = (), **extra: str) -> dict:
-    """The environment of a `nima` process on `backend`, TensorFlow hidden, `path` first on
-    its module path."""
-    path = [str(HIDE_TF), *map(str, path)]
-    path += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    return {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": os.pathsep.join(path),
-            "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu", **extra}
 
 
 def nima(*args: str, env: dict, cwd: Path | None = None,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_images, tiny_config
+from conftest import backend_env, make_images, tiny_config
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 N_IMAGES, BATCH, VAL = 24, 8, 0.2
@@ -161,8 +161,6 @@ def test_sigkill_real_training_then_resume(tmp_path):
 def _jax_env() -> dict:
     if importlib.util.find_spec("jax") is None:
         pytest.skip("jax is not installed")
-    from test_backends import backend_env
-
     return backend_env("jax")
 
 

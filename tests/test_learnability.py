@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_images, tiny_config
+from conftest import backend_env, make_images, tiny_config
 
 BACKENDS = ["tensorflow", "jax", "torch"]
 
@@ -55,7 +55,6 @@ def test_training_learns_brightness_score(tmp_path, backend):
         return
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"the {backend} backend is not installed")
-    from test_backends import backend_env
 
     tests = Path(__file__).parent
     r = subprocess.run(

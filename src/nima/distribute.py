@@ -110,8 +110,7 @@ class KerasDistribution:
         validation = None
         if val_set:
             if several:  # topped up to whole batches with repeated images
-                val_set = [val_set[i % len(val_set)]
-                           for i in range(-(-len(val_set) // global_batch) * global_batch)]
+                val_set = top_up(val_set, -(-len(val_set) // global_batch) * global_batch)
             validation = feed.EvalBatches(
                 [p for _, p in val_set], np.stack([s.label for s, _ in val_set]),
                 input_size=config.model_input_size, resize_method=config.resize_method,
@@ -132,6 +131,11 @@ def shard(items: list, n: int, index: int, equal: bool) -> list:
     """Every n-th item from `index`; with `equal`, cut so all n shards have the same length."""
     part = items[index::n]
     return part[:len(items) // n] if equal else part
+
+
+def top_up(items: list, n: int) -> list:
+    """`items` repeated in order until there are `n` (every replica needs a full batch)."""
+    return [items[i % len(items)] for i in range(n)]
 
 
 def tf_config() -> dict:

@@ -23,15 +23,10 @@ import numpy as np
 
 from nima import images
 from nima.errors import ImageError
+from nima.runtime import cpu_threads
 from nima.scores import N_BINS
 
 log = logging.getLogger(__name__)
-
-
-def default_workers() -> int:
-    from nima.runtime import cpu_threads
-
-    return cpu_threads()
 
 
 def _decode(path: str | Path, size: int, method: str) -> tuple[np.ndarray, str]:
@@ -50,7 +45,7 @@ class _Batches(keras.utils.PyDataset):
                  workers: int | None):
         images.check_resize(resize_method)
         # Threads, not processes: decoding releases the GIL, and threads share the file list.
-        super().__init__(workers=workers or default_workers(), use_multiprocessing=False,
+        super().__init__(workers=workers or cpu_threads(), use_multiprocessing=False,
                          max_queue_size=4)
         self.paths = [str(p) for p in paths]
         self.labels = np.asarray(labels, np.float32).reshape(-1, N_BINS)
@@ -127,10 +122,10 @@ class EvalBatches(_Batches):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         batch, labels, errors = self._load(index)
         if self.weighted:
-            return (batch.astype(np.float32), labels,
-                    np.array([e == "" for e in errors], np.float32))
-        return (batch.astype(np.float32), labels,
-                np.array([e.encode("utf-8", "replace") for e in errors], dtype=object))
+            third = np.array([e == "" for e in errors], np.float32)
+        else:
+            third = np.array([e.encode("utf-8", "replace") for e in errors], dtype=object)
+        return batch.astype(np.float32), labels, third
 
 
 def iterate(batches: keras.utils.PyDataset, ahead: int | None = None) -> Iterator:

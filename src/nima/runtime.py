@@ -48,8 +48,6 @@ def cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-
-
 # --- Keras ------------------------------------------------------------------------------------
 
 class KerasRunner:

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from nima import pipeline
 from nima.config import Config
-from nima.distribute import Inputs, shard, tf_config
+from nima.distribute import Inputs, shard, tf_config, top_up
 from nima.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def distributed_datasets(strategy: tf.distribute.Strategy, config: Config,
         part = shard(val_set, ctx.num_input_pipelines, ctx.input_pipeline_id, equal=False)
         if replicas > 1:
             part = part or val_set  # fewer images than workers
-            part = [part[i % len(part)] for i in range(val_steps * worker_step)]
+            part = top_up(part, val_steps * worker_step)
         ds = pipeline.eval_dataset(
             [p for _, p in part], np.stack([s.label for s, _ in part]),
             input_size=size, resize_method=config.resize_method,
