@@ -2,14 +2,17 @@
 # Wheels for bench/gpu.py on a GPU machine that has JAX, NumPy, Pillow, SciPy, scikit-learn,
 # h5py, ml-dtypes, rich and absl but no Keras and no internet: Keras, its two missing needs
 # (namex, optree) and this package, into .whl/ (git-ignored; about 3 MB). The machine then runs
-#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
-#     && PYTHONPATH=/tmp/site KERAS_BACKEND=jax python3 bench/gpu.py --out "$OUT"
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+#     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit
+#   python3 bench/gpu.py --backends jax,torch --budget 450 --out "$OUT"
 # Python 3.12, x86-64 manylinux: the lent machine's (override with PYVER=3.11 etc.).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pyver=${PYVER:-3.12}
 rm -rf .whl && mkdir .whl
-keras=$(.venv/bin/python -c "import keras; print(keras.__version__)")
+# The Keras the tests run with (./run-tests creates .venv), unless KERAS_VERSION says otherwise.
+keras=${KERAS_VERSION:-$(.venv/bin/python -c "import keras; print(keras.__version__)" 2>/dev/null)} \
+    || { echo "gpu_wheels.sh: no .venv to read the Keras version from: run ./run-tests once or set KERAS_VERSION" >&2; exit 1; }
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$pyver" \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d .whl "keras==$keras" namex optree
