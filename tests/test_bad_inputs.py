@@ -1,11 +1,13 @@
 """Bad and awkward image files (tests/corpus.py) through the decoder, `nima predict`, `nima train`.
 
 The contract: a bad file becomes an `error` entry / a skipped sample with one sentence, a good
-file gets a score, and nothing stops the run or hangs.
+file gets a score, and nothing stops the run or hangs; on TensorFlow and on JAX (TensorFlow
+hidden), whose input paths differ (tf.data / TFLite against nima.feed / Keras).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -16,16 +18,20 @@ import numpy as np
 import pytest
 
 from corpus import BLUE, NON_UTF8_NAME, RED, bomb_png, write_corpus
-from conftest import make_images, tiny_config
+from conftest import backend_env, make_images, tiny_config
 from nima import images
 from nima.errors import ImageError
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+BACKENDS = ["tensorflow", pytest.param("jax", marks=pytest.mark.skipif(
+    importlib.util.find_spec("jax") is None, reason="jax is not installed"))]
 
 
-def nima(*args: str | Path, cwd: Path | None = None, timeout: int = 180):
+def nima(*args: str | Path, cwd: Path | None = None, timeout: int = 180,
+         backend: str = "tensorflow"):
+    env = ENV if backend == "tensorflow" else backend_env(backend)
     return subprocess.run([sys.executable, "-m", "nima", *map(str, args)], capture_output=True,
-                          text=True, env=ENV, cwd=cwd, timeout=timeout)
+                          text=True, env=env, cwd=cwd, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -167,13 +173,14 @@ def utf8_corpus(tmp_path_factory):
     return d, write_corpus(d, non_utf8_name=False)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("fmt", ["json", "csv"])
 def test_predict_cli_scores_good_files_reports_bad_ones_exit_3(utf8_corpus, tiny_model, tmp_path,
-                                                               fmt):
+                                                               fmt, backend):
     d, items = utf8_corpus
     out = tmp_path / f"predictions.{fmt}"
     r = nima("predict", "--image-source", d, "--model", tiny_model, "--predictions-file", out,
-             "--format", fmt, "--batch-size", "4")
+             "--format", fmt, "--batch-size", "4", backend=backend)
     assert r.returncode == 3, r.stderr[-2000:]
     if fmt == "json":
         results = json.loads(out.read_text(encoding="utf-8"))
@@ -229,11 +236,12 @@ def _train_setup(tmp_path: Path, corpus, max_missing: float):
     return samples, image_dir, config, bad_ids
 
 
-def test_train_skips_and_lists_bad_samples(tmp_path, corpus):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_skips_and_lists_bad_samples(tmp_path, corpus, backend):
     samples, image_dir, config, bad_ids = _train_setup(tmp_path, corpus, 0.5)
     job = tmp_path / "job"
     r = nima("train", "--config-file", config, "--samples-file", samples, "--image-dir",
-             image_dir, "--job-dir", job)
+             image_dir, "--job-dir", job, backend=backend)
     assert r.returncode == 0, r.stderr[-3000:]
     skipped = (job / "skipped.txt").read_text().splitlines()
     assert len(skipped) == len(bad_ids)
