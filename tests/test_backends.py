@@ -107,6 +107,29 @@ def test_jax_model_scores_the_same_under_tensorflow(jax_job):
         np.testing.assert_allclose(jax_results[key], tf_results[key], atol=1e-5)
 
 
+def test_shipped_models_score_the_same_on_jax(tmp_path):
+    """Both shipped models on JAX without TensorFlow: TensorFlow's scores (this process, Keras
+    backend) and, for `aesthetic`, idealo's Keras 2 means (bench/aesthetic_parity.py)."""
+    from nima.predict import Predictor
+
+    samples = REPO / "data" / "samples"
+    out = tmp_path / "jax.json"
+    nima("predict", "--image-source", str(samples), "--also", "technical",
+         "--predictions-file", str(out), env=backend_env("jax"))
+    jax_results = {x["image"]: x for x in json.loads(out.read_text())}
+    assert len(jax_results) == 7
+    files = sorted(samples.glob("*.jpg"))
+    keras2 = {r["image"]: r["mean"] for r in json.loads(
+        (REPO / "bench" / "results" / "aesthetic_keras2_samples.json").read_text())["images"]}
+    for name in ("aesthetic", "technical"):
+        for tf_result in Predictor.load(name, backend="keras").score_files(files):
+            image = Path(tf_result["image"]).name
+            got = jax_results[image]["scores"][name]
+            np.testing.assert_allclose(got["predictions"], tf_result["predictions"], atol=1e-5)
+            if name == "aesthetic":
+                assert abs(got["mean_score_prediction"] - keras2[image]) <= 0.01
+
+
 def test_what_needs_tensorflow_says_so_in_one_line(jax_job):
     d, job, _ = jax_job
     env = backend_env("jax")
