@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -29,6 +30,12 @@ def pytest_unconfigure(config):
 
 REPO = Path(__file__).resolve().parents[1]
 HIDE_TF = REPO / "tests" / "hide_tensorflow"  # see its sitecustomize.py
+
+
+# Tests of a behaviour that must hold on each installed Keras backend.
+BACKENDS = ["tensorflow", pytest.param("jax", marks=pytest.mark.skipif(
+    importlib.util.find_spec("jax") is None,
+    reason="jax is not installed (pip install 'jax[cpu]')"))]
 
 
 def backend_env(backend: str, path: tuple[Path, ...] = (), **extra: str) -> dict:

@@ -144,11 +144,12 @@ def test_what_needs_tensorflow_says_so_in_one_line(jax_job):
         assert "Traceback" not in r.stderr
     config = json.loads((d / "config.json").read_text())
     (d / "multi.json").write_text(json.dumps({**config, "distribution": "multi_worker"}))
+    # Multi-worker on JAX is tests/test_distribute.py's; without a cluster it says so and
+    # trains here, as on TensorFlow.
     r = nima("train", "--config-file", str(d / "multi.json"), "--samples-file",
              str(d / "samples.json"), "--image-dir", str(d / "images"), "--job-dir",
-             str(d / "multi"), env=env, check=False)
-    assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert "multi_worker (TF_CONFIG clusters) needs the TensorFlow backend" in r.stderr
+             str(d / "multi"), env=env)
+    assert "multi_worker without a TF_CONFIG cluster: training on this host only" in r.stderr
 
 
 @pytest.mark.slow

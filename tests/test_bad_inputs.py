@@ -7,7 +7,6 @@ hidden), whose input paths differ (tf.data / TFLite against nima.feed / Keras).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,13 +17,11 @@ import numpy as np
 import pytest
 
 from corpus import BLUE, NON_UTF8_NAME, RED, bomb_png, write_corpus
-from conftest import backend_env, make_images, tiny_config
+from conftest import BACKENDS, backend_env, make_images, tiny_config
 from nima import images
 from nima.errors import ImageError
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-BACKENDS = ["tensorflow", pytest.param("jax", marks=pytest.mark.skipif(
-    importlib.util.find_spec("jax") is None, reason="jax is not installed"))]
 
 
 def nima(*args: str | Path, cwd: Path | None = None, timeout: int = 180,

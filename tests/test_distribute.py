@@ -1,6 +1,7 @@
-"""tf.distribute through the real `nima train` path: two workers on loopback, two mirrored CPU
-replicas, mixed precision. Training runs in subprocesses because a strategy (or logical device
-layout) must be set up before TensorFlow starts, which the test process has already done."""
+"""tf.distribute through the real `nima train` path: two workers on loopback (also on JAX),
+two mirrored CPU replicas, mixed precision. Training runs in subprocesses because a strategy
+(or logical device layout) must be set up before TensorFlow starts, which the test process
+has already done."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_images, tiny_config
+from conftest import BACKENDS, backend_env, make_images, tiny_config
 
 from nima import distribute, train
 
@@ -94,9 +95,12 @@ def test_is_chief(monkeypatch, tf_config, chief):
 
 # --- real training ------------------------------------------------------------------------------
 
-def test_multi_worker_two_processes_end_with_identical_weights(tmp_path):
-    """Two `nima train` processes, one TF_CONFIG cluster on 127.0.0.1: MultiWorkerMirrored-
-    Strategy, each worker on its own half of the images, all-reduced gradients."""
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_multi_worker_two_processes_end_with_identical_weights(tmp_path, backend):
+    """Two `nima train` processes, one TF_CONFIG cluster on 127.0.0.1, each worker on its own
+    half of the images: MultiWorkerMirroredStrategy with all-reduced gradients on TensorFlow;
+    on JAX (TensorFlow hidden) jax.distributed and one DataParallel program over both
+    processes' devices."""
     # One phase that trains every layer, BatchNormalization included.
     samples, images, cfg = _data(tmp_path, n=24, epochs_train_dense=0, epochs_train_all=2,
                                  batch_size=4, distribution="auto")
@@ -105,8 +109,9 @@ def test_multi_worker_two_processes_end_with_identical_weights(tmp_path):
     job, scratch = tmp_path / "job", tmp_path / "worker1"
     procs = []
     for index in range(2):
-        env = _env(TF_CONFIG=json.dumps({"cluster": cluster,
-                                         "task": {"type": "worker", "index": index}}))
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        env = (_env(TF_CONFIG=tf_config) if backend == "tensorflow" else
+               backend_env(backend, TF_CONFIG=tf_config))
         if index == 1:
             env["NIMA_WORKER_DIR"] = str(scratch)
         log = open(tmp_path / f"worker{index}.log", "w")
@@ -124,7 +129,10 @@ def test_multi_worker_two_processes_end_with_identical_weights(tmp_path):
             log.close()
     logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
     assert codes == [0, 0], "\n\n".join(log[-3000:] for log in logs)
-    assert "multi_worker, 2 replica(s)" in logs[0] and "multi_worker, 2 replica(s)" in logs[1]
+    for index, log in enumerate(logs):
+        assert "multi_worker" in log or backend == "jax", log[-3000:]
+        assert "2 replica(s)" in log
+        assert backend == "tensorflow" or f"process {index} of 2" in log
 
     summary = json.loads((job / "summary.json").read_text())
     assert summary["replicas"] == 2 and summary["global_batch_size"] == 8

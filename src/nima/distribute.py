@@ -6,13 +6,15 @@ replicas in step. `nima.train.distribution` picks the backend's:
 
 - TensorFlow backend: tf.distribute (`nima.tfdistribute`): mirrored GPUs, multi-worker
   clusters described by $TF_CONFIG (docs/remote.md).
-- JAX backend: keras.distribution.DataParallel over all local GPUs/TPUs. JAX runs one
-  program over a global batch split across devices, so BatchNormalization sees the whole
-  batch and nothing has to be synchronised by hand. Input: `nima.feed`.
+- JAX backend: keras.distribution.DataParallel over all local GPUs/TPUs, and over the
+  devices of every machine of a TF_CONFIG cluster (the same description as TensorFlow's:
+  the chief, or worker 0, coordinates). JAX runs one program over a global batch split
+  across devices, so BatchNormalization sees the whole batch and nothing has to be
+  synchronised by hand. Input: `nima.feed`, each process reading its own slice of the images.
 - PyTorch backend: one device.
 
-This module imports no backend; TF_CONFIG is read here because it decides, before anything
-starts, which process is the chief.
+This module imports no backend at import time; TF_CONFIG is read here because it decides,
+before anything starts, which process is the chief.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from nima.config import Config
 from nima.errors import DataError, NimaError
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Inputs:
@@ -56,22 +59,30 @@ class Distribution(Protocol):
 class KerasDistribution:
     """keras.distribution on backends other than TensorFlow.
 
-    "auto": DataParallel when the backend sees more than one GPU/TPU; "mirrored": all GPUs,
-    or all CPU devices where there is none (JAX makes several with
-    XLA_FLAGS=--xla_force_host_platform_device_count=N); "none": one device.
+    "auto": DataParallel when the backend sees more than one GPU/TPU, or when TF_CONFIG names
+    several processes (JAX; as TensorFlow's "auto" picks multi-worker then); "mirrored": all
+    GPUs of this machine, or all CPU devices where there is none (JAX makes several with
+    XLA_FLAGS=--xla_force_host_platform_device_count=N); "multi_worker": every device of the
+    TF_CONFIG cluster (JAX); "none": one device.
     """
 
     def __init__(self, name: str):
         backend = kerasbackend.name()
-        workers = len(tf_config().get("cluster", {}).get("worker", []))
-        if name == "multi_worker" or workers > 1:
-            raise NimaError(f"distribution multi_worker (TF_CONFIG clusters) needs the "
-                            f"TensorFlow backend; the {backend} backend trains on the devices "
-                            "of one machine (\"mirrored\")")
+        addresses, self.process = cluster()
+        if name == "multi_worker" and len(addresses) < 2:
+            log.warning("distribution multi_worker without a TF_CONFIG cluster: training on "
+                        "this host only")
+        joins = name in ("auto", "multi_worker") and len(addresses) > 1
+        self.processes = len(addresses) if joins else 1
+        if joins:
+            if backend != "jax":
+                raise NimaError(f"a TF_CONFIG cluster needs the TensorFlow or JAX backend, "
+                                f"not {backend}")
+            _join_jax_cluster(addresses, self.process)
         devices: list[str] = []
-        if name in ("auto", "mirrored"):
+        if name in ("auto", "mirrored", "multi_worker"):
             devices = kerasbackend.devices("gpu") or kerasbackend.devices("tpu")
-            if name == "mirrored" and not devices:
+            if not devices and (name == "mirrored" or joins):
                 devices = kerasbackend.devices("cpu")
         self.distribution = None
         if len(devices) > 1:
@@ -79,42 +90,52 @@ class KerasDistribution:
                 raise NimaError(f"training on {len(devices)} devices needs the JAX or "
                                 f"TensorFlow backend, not {backend} (set \"distribution\": "
                                 "\"none\")")
-            self.distribution = keras.distribution.DataParallel(devices=devices)
+            # Each process feeds its own slice (inputs()); Keras must not slice it again.
+            self.distribution = keras.distribution.DataParallel(
+                devices=devices, auto_shard_dataset=self.processes == 1)
             # Global, not only inside scope(): fit() shards each batch by the distribution
             # in force when it runs.
             keras.distribution.set_distribution(self.distribution)
         self.replicas = len(devices) if self.distribution else 1
-        log.info("distribution: %s on %s, %d replica(s)%s", name, backend, self.replicas,
-                 f" ({', '.join(devices)})" if self.distribution else "")
+        log.info("distribution: %s on %s, %d replica(s)%s%s", name, backend, self.replicas,
+                 f" ({', '.join(devices)})" if self.distribution else "",
+                 f", process {self.process} of {self.processes}" if joins else "")
 
     def scope(self) -> AbstractContextManager:
         return self.distribution.scope() if self.distribution else nullcontext()
 
     def inputs(self, config: Config, train_set: list, val_set: list) -> Inputs:
+        """This process's share of every global batch: its own slice of the images, batched
+        by its devices (`make_array_from_process_local_data` joins the processes' parts)."""
         from nima import feed
 
-        global_batch = config.batch_size * self.replicas
         several = self.replicas > 1
-        if several and len(train_set) < global_batch:
+        n, i = self.processes, self.process
+        batch = config.batch_size * self.replicas // n  # images this process feeds per step
+        train_part = shard(train_set, n, i, equal=True)
+        if several and len(train_part) < batch:
             raise DataError(f"{len(train_set)} training images do not fill one step of "
                             f"{self.replicas} replicas x batch_size {config.batch_size}: "
                             "lower batch_size")
         train = feed.TrainBatches(
-            [p for _, p in train_set], np.stack([s.label for s, _ in train_set]),
+            [p for _, p in train_part], np.stack([s.label for s, _ in train_part]),
             input_size=config.model_input_size, resize_size=config.resize_size,
-            resize_method=config.resize_method, batch_size=global_batch,
+            resize_method=config.resize_method, batch_size=batch,
             random_crop=config.random_crop, horizontal_flip=config.horizontal_flip,
-            seed=config.seed,
+            # Each process shuffles and augments its own slice differently.
+            seed=config.seed + i,
             # Every device needs an equal share of every batch.
             drop_remainder=several)
         validation = None
         if val_set:
-            if several:  # topped up to whole batches with repeated images
-                val_set = top_up(val_set, -(-len(val_set) // global_batch) * global_batch)
+            val_part = shard(val_set, n, i, equal=False) or val_set  # fewer images than processes
+            if several:  # topped up to the same whole number of batches in every process
+                steps = -(-len(shard(val_set, n, 0, equal=False)) // batch)
+                val_part = top_up(val_part, steps * batch)
             validation = feed.EvalBatches(
-                [p for _, p in val_set], np.stack([s.label for s, _ in val_set]),
+                [p for _, p in val_part], np.stack([s.label for s, _ in val_part]),
                 input_size=config.model_input_size, resize_method=config.resize_method,
-                batch_size=global_batch, weighted=True)
+                batch_size=batch, weighted=True)
         # Told the steps with several devices: the trainer counts images per epoch by them.
         return Inputs(train, validation, len(train) if several else None, None)
 
@@ -122,7 +143,23 @@ class KerasDistribution:
         return []
 
     def barrier(self) -> None:
-        pass
+        """Wait for every process: the coordinator (process 0) exiting first would take the
+        cluster down under a process still saving its files."""
+        if self.processes > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("nima train: done")
+
+
+def _join_jax_cluster(addresses: list[str], process: int) -> None:
+    """jax.distributed through Keras, before any JAX computation; process 0 coordinates."""
+    import jax
+
+    # CPU devices of several processes need a collectives library (GPUs use NCCL anyway).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    log.info("joining a cluster of %d processes as process %d (coordinator %s)",
+             len(addresses), process, addresses[0])
+    keras.distribution.initialize(",".join(addresses), len(addresses), process)
 
 
 # --- TF_CONFIG and sharding, shared by both ---------------------------------------------------
@@ -143,6 +180,22 @@ def tf_config() -> dict:
         return json.loads(os.environ.get("TF_CONFIG", "") or "{}")
     except json.JSONDecodeError:
         raise NimaError("TF_CONFIG is not valid JSON") from None
+
+
+def cluster() -> tuple[list[str], int]:
+    """The TF_CONFIG cluster as processes: addresses (chief first, then workers by index) and
+    this process's position; ([], 0) without one."""
+    config = tf_config()
+    nodes = config.get("cluster", {})
+    addresses = [*nodes.get("chief", []), *nodes.get("worker", [])]
+    me = config.get("task", {})
+    if len(addresses) < 2 or not me:
+        return [], 0
+    chiefs = len(nodes.get("chief", []))
+    position = me.get("index", 0) + (chiefs if me.get("type") == "worker" else 0)
+    if me.get("type") not in ("chief", "worker") or not 0 <= position < len(addresses):
+        raise NimaError(f"TF_CONFIG task {me} is not one of its cluster's chief or workers")
+    return addresses, position
 
 
 def task() -> dict:

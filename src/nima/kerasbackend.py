@@ -84,7 +84,9 @@ def devices(kind: str) -> list[str]:
         import jax
 
         try:
-            return [f"{kind}:{i}" for i, _ in enumerate(jax.devices(kind))]
+            # Their ids, as keras.distribution names them: in a cluster of several
+            # processes they are global (cpu:0, cpu:2048 ...).
+            return [f"{kind}:{d.id}" for d in jax.devices(kind)]
         except RuntimeError:  # no such platform
             return []
     if name() == "torch":
