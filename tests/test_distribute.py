@@ -5,11 +5,13 @@ has already done."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,42 @@ def _free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def _start_cluster(tmp_path: Path, backend: str, scratch: Path, args: list[str],
+                   tag: str = "worker") -> list:
+    """Two `nima` processes of one TF_CONFIG cluster on 127.0.0.1; worker 1 keeps its copy of
+    the job files in `scratch`. Logs: tmp_path/<tag><index>.log."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    procs = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        env = (_env(TF_CONFIG=tf_config) if backend == "tensorflow" else
+               backend_env(backend, TF_CONFIG=tf_config))
+        if index == 1:
+            env["NIMA_WORKER_DIR"] = str(scratch)
+        log = open(tmp_path / f"{tag}{index}.log", "w")
+        procs.append((subprocess.Popen([sys.executable, "-m", "nima.cli", *args], env=env,
+                                       stdout=log, stderr=subprocess.STDOUT), log, log.name))
+    return procs
+
+
+def _wait(procs: list, kill: bool = False) -> list[str]:
+    """The processes' logs once both exit 0 (or, with `kill`, once both are killed)."""
+    try:
+        if kill:
+            for p, _, _ in procs:
+                p.kill()
+        codes = [p.wait(timeout=480) for p, _, _ in procs]
+    finally:
+        for p, log, _ in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            log.close()
+    logs = [Path(name).read_text() for _, _, name in procs]
+    assert kill or codes == [0, 0], "\n\n".join(log[-3000:] for log in logs)
+    return logs
 
 
 def _data(tmp_path: Path, n: int = 24, **config) -> tuple[Path, Path, Path]:
@@ -91,6 +129,10 @@ def test_is_chief(monkeypatch, tf_config, chief):
     else:
         monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
     assert train.is_chief() is chief
+    # On JAX the cluster's process 0 coordinates and is the chief.
+    addresses, position = distribute.cluster()
+    assert (position == 0) is chief
+    assert addresses == ([] if tf_config is None else ["a:1", "b:2"])
 
 
 # --- real training ------------------------------------------------------------------------------
@@ -104,31 +146,10 @@ def test_multi_worker_two_processes_end_with_identical_weights(tmp_path, backend
     # One phase that trains every layer, BatchNormalization included.
     samples, images, cfg = _data(tmp_path, n=24, epochs_train_dense=0, epochs_train_all=2,
                                  batch_size=4, distribution="auto")
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     job, scratch = tmp_path / "job", tmp_path / "worker1"
-    procs = []
-    for index in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        env = (_env(TF_CONFIG=tf_config) if backend == "tensorflow" else
-               backend_env(backend, TF_CONFIG=tf_config))
-        if index == 1:
-            env["NIMA_WORKER_DIR"] = str(scratch)
-        log = open(tmp_path / f"worker{index}.log", "w")
-        procs.append((subprocess.Popen(
-            [sys.executable, "-m", "nima.cli", "train", "--config-file", str(cfg),
-             "--samples-file", str(samples), "--image-dir", str(images), "--job-dir", str(job)],
-            env=env, stdout=log, stderr=subprocess.STDOUT), log))
-    try:
-        codes = [p.wait(timeout=480) for p, _ in procs]
-    finally:
-        for p, log in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            log.close()
-    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
-    assert codes == [0, 0], "\n\n".join(log[-3000:] for log in logs)
+    logs = _wait(_start_cluster(tmp_path, backend, scratch, [
+        "train", "--config-file", str(cfg), "--samples-file", str(samples), "--image-dir",
+        str(images), "--job-dir", str(job)]))
     for index, log in enumerate(logs):
         assert "multi_worker" in log or backend == "jax", log[-3000:]
         assert "2 replica(s)" in log
@@ -222,3 +243,37 @@ def test_mixed_precision_builds_and_trains_with_float32_outputs(tmp_path, caplog
     assert conv.dtype_policy.name == "mixed_float16" and conv.variable_dtype == "float32"
     scores = load_model(job / "model.keras").predict(np.full((2, 32, 32, 3), 128.0), verbose=0)
     assert scores.dtype == np.float32 and np.allclose(scores.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_jax_cluster_resumes_after_kill(tmp_path):
+    """Both processes of a JAX cluster killed after an epoch; `--resume` on both finishes the
+    job: every epoch once, in its phase, the epochs before the kill unchanged, and both
+    processes end with the same weights."""
+    samples, images, cfg = _data(tmp_path, n=24, epochs_train_dense=2, epochs_train_all=2,
+                                 batch_size=4, distribution="auto")
+    job = tmp_path / "job"
+    procs = _start_cluster(tmp_path, "jax", tmp_path / "scratch1", [
+        "train", "--config-file", str(cfg), "--samples-file", str(samples), "--image-dir",
+        str(images), "--job-dir", str(job)], tag="first")
+    state_file = job / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 480
+    while not (state_file.is_file() and json.loads(state_file.read_text())["epoch"] >= 2):
+        assert all(p.poll() is None for p, _, _ in procs), "a process ended before epoch 2"
+        assert time.monotonic() < deadline, "no checkpoint of epoch 2 in 480 s"
+        time.sleep(0.2)
+    _wait(procs, kill=True)
+    before = json.loads(state_file.read_text())
+    assert before["epoch"] < 4, "finished before the kill: nothing left to resume"
+
+    scratch = tmp_path / "scratch2"
+    logs = _wait(_start_cluster(tmp_path, "jax", scratch, ["train", "--resume", str(job)],
+                                tag="resumed"))
+    assert f"resuming {job} after epoch {before['epoch']}" in logs[0]
+    history = json.loads((job / "history.json").read_text())
+    assert [(row["epoch"], row["phase"]) for row in history] == [
+        (1, "dense"), (2, "dense"), (3, "all"), (4, "all")]
+    assert history[:before["epoch"]] == before["history"]
+    for a, b in zip(_weights(job / "model.keras"), _weights(scratch / "model.keras"),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
