@@ -135,6 +135,23 @@ def test_is_chief(monkeypatch, tf_config, chief):
     assert addresses == ([] if tf_config is None else ["a:1", "b:2"])
 
 
+@pytest.mark.parametrize("name", ["none", "mirrored"])
+def test_a_process_outside_a_joined_cluster_feeds_every_image(monkeypatch, name):
+    """Worker 1 of a TF_CONFIG cluster that trains alone ("none"; "mirrored" on a machine
+    with one device) reads the whole training set, not every image from its index on."""
+    from nima.config import Config
+    from nima.labels import Sample
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({
+        "cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}))
+    dist = distribute.KerasDistribution(name)
+    assert (dist.processes, dist.process, dist.replicas) == (1, 0, 1)
+    items = [(Sample(f"i{k}", np.full(10, 0.1)), Path(f"/x/i{k}.jpg")) for k in range(10)]
+    inputs = dist.inputs(Config.from_dict(tiny_config(batch_size=4)), items[:7], items[7:])
+    assert sorted(map(str, inputs.train.paths)) == sorted(str(p) for _, p in items[:7])
+    assert sorted(map(str, inputs.validation.paths)) == sorted(str(p) for _, p in items[7:])
+
+
 # --- real training ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)

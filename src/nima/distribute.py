@@ -68,12 +68,13 @@ class KerasDistribution:
 
     def __init__(self, name: str):
         backend = kerasbackend.name()
-        addresses, self.process = cluster()
+        addresses, position = cluster()
         if name == "multi_worker" and len(addresses) < 2:
             log.warning("distribution multi_worker without a TF_CONFIG cluster: training on "
                         "this host only")
         joins = name in ("auto", "multi_worker") and len(addresses) > 1
-        self.processes = len(addresses) if joins else 1
+        # Outside a joined cluster ("mirrored" or "none" under a TF_CONFIG) a process is alone.
+        self.processes, self.process = (len(addresses), position) if joins else (1, 0)
         if joins:
             if backend != "jax":
                 raise NimaError(f"a TF_CONFIG cluster needs the TensorFlow or JAX backend, "
