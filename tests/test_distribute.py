@@ -152,6 +152,26 @@ def test_a_process_outside_a_joined_cluster_feeds_every_image(monkeypatch, name)
     assert sorted(map(str, inputs.validation.paths)) == sorted(str(p) for _, p in items[7:])
 
 
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_jax_coordinator_port_in_use_is_one_line(tmp_path):
+    """JAX's coordinator service segfaults on a taken port; nima says so in one line first."""
+    samples, images, cfg = _data(tmp_path, n=8)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        tf_config = json.dumps({"cluster": {"worker": [f"127.0.0.1:{port}", "127.0.0.1:1"]},
+                                "task": {"type": "worker", "index": 0}})
+        r = subprocess.run([sys.executable, "-m", "nima", "train", "--config-file", str(cfg),
+                            "--samples-file", str(samples), "--image-dir", str(images),
+                            "--job-dir", str(tmp_path / "job")], capture_output=True, text=True,
+                           env=backend_env("jax", TF_CONFIG=tf_config), timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"nima train: error: cannot start the cluster's coordinator on port {port} "
+        f"(127.0.0.1:{port} in TF_CONFIG): Address already in use")
+
+
 # --- real training ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)

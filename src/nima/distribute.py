@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
@@ -156,11 +157,38 @@ def _join_jax_cluster(addresses: list[str], process: int) -> None:
     """jax.distributed through Keras, before any JAX computation; process 0 coordinates."""
     import jax
 
+    if process == 0:
+        _check_coordinator_port(addresses[0])
     # CPU devices of several processes need a collectives library (GPUs use NCCL anyway).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     log.info("joining a cluster of %d processes as process %d (coordinator %s)",
              len(addresses), process, addresses[0])
-    keras.distribution.initialize(",".join(addresses), len(addresses), process)
+    try:
+        keras.distribution.initialize(",".join(addresses), len(addresses), process)
+    except Exception as e:  # JAX's gRPC errors, e.g. no coordinator within its 300 s
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise NimaError(f"cannot join the TF_CONFIG cluster as process {process} "
+                        f"(coordinator {addresses[0]}): {detail}") from None
+
+
+def _check_coordinator_port(address: str) -> None:
+    """JAX's coordinator service crashes the process (a segfault) when its port is taken:
+    check first, so that is one error line."""
+    port = address.rpartition(":")[2]
+    if not port.isdigit():
+        raise NimaError(f"TF_CONFIG address {address!r} has no port (host:port)")
+    try:  # where the service listens: [::] (IPv4 too), or 0.0.0.0 without IPv6
+        probe = socket.socket(socket.AF_INET6)
+        host = "::"
+    except OSError:
+        probe, host = socket.socket(socket.AF_INET), "0.0.0.0"
+    with probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port)))
+        except OSError as e:
+            raise NimaError(f"cannot start the cluster's coordinator on port {port} "
+                            f"({address} in TF_CONFIG): {e.strerror}") from None
 
 
 # --- TF_CONFIG and sharding, shared by both ---------------------------------------------------
