@@ -20,6 +20,7 @@ import pytest
 from conftest import BACKENDS, backend_env, make_images, tiny_config
 
 from nima import distribute, train
+from nima.errors import NimaError
 
 
 def _free_ports(n: int) -> list[int]:
@@ -170,6 +171,22 @@ def test_jax_coordinator_port_in_use_is_one_line(tmp_path):
     assert r.stderr.strip().splitlines()[-1] == (
         f"nima train: error: cannot start the cluster's coordinator on port {port} "
         f"(127.0.0.1:{port} in TF_CONFIG): Address already in use")
+
+
+def test_an_absent_jax_coordinator_is_one_line_after_the_wait():
+    """Process 1 waits for process 0's port as JAX would (300 s by default), then says so in
+    one line instead of JAX's abort."""
+    port = _free_ports(1)[0]  # nothing listens there
+    t0 = time.monotonic()
+    with pytest.raises(NimaError) as e:
+        distribute._wait_for_coordinator(f"127.0.0.1:{port}", seconds=2)
+    assert 2 <= time.monotonic() - t0 < 10
+    assert str(e.value) == (f"the cluster's coordinator 127.0.0.1:{port} (TF_CONFIG) did not "
+                            "answer within 2 s: Connection refused")
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", port))
+        listening.listen()
+        distribute._wait_for_coordinator(f"127.0.0.1:{port}", seconds=2)  # returns
 
 
 # --- real training ------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import socket
+import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
@@ -157,26 +158,49 @@ def _join_jax_cluster(addresses: list[str], process: int) -> None:
     """jax.distributed through Keras, before any JAX computation; process 0 coordinates."""
     import jax
 
-    if process == 0:
-        _check_coordinator_port(addresses[0])
-    # CPU devices of several processes need a collectives library (GPUs use NCCL anyway).
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     log.info("joining a cluster of %d processes as process %d (coordinator %s)",
              len(addresses), process, addresses[0])
+    if process == 0:
+        _check_coordinator_port(addresses[0])
+    else:
+        _wait_for_coordinator(addresses[0])
+    # CPU devices of several processes need a collectives library (GPUs use NCCL anyway).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         keras.distribution.initialize(",".join(addresses), len(addresses), process)
-    except Exception as e:  # JAX's gRPC errors, e.g. no coordinator within its 300 s
+    except Exception as e:  # what JAX raises rather than aborting the process
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise NimaError(f"cannot join the TF_CONFIG cluster as process {process} "
                         f"(coordinator {addresses[0]}): {detail}") from None
 
 
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or not host:
+        raise NimaError(f"TF_CONFIG address {address!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def _wait_for_coordinator(address: str, seconds: float = 300.0) -> None:
+    """Wait as long as JAX would for the coordinator to listen: JAX ends a process that
+    cannot reach it with an abort and a C++ stack trace, this with one error line."""
+    host, port = _host_port(address)
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=5).close()
+            return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise NimaError(f"the cluster's coordinator {address} (TF_CONFIG) did not "
+                                f"answer within {seconds:.0f} s: {e.strerror or e}") from None
+            time.sleep(1.0)
+
+
 def _check_coordinator_port(address: str) -> None:
     """JAX's coordinator service crashes the process (a segfault) when its port is taken:
     check first, so that is one error line."""
-    port = address.rpartition(":")[2]
-    if not port.isdigit():
-        raise NimaError(f"TF_CONFIG address {address!r} has no port (host:port)")
+    _, port = _host_port(address)
     try:  # where the service listens: [::] (IPv4 too), or 0.0.0.0 without IPv6
         probe = socket.socket(socket.AF_INET6)
         host = "::"
@@ -185,7 +209,7 @@ def _check_coordinator_port(address: str) -> None:
     with probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((host, int(port)))
+            probe.bind((host, port))
         except OSError as e:
             raise NimaError(f"cannot start the cluster's coordinator on port {port} "
                             f"({address} in TF_CONFIG): {e.strerror}") from None
