@@ -10,12 +10,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 pyver=${PYVER:-3.12}
 rm -rf .whl && mkdir .whl
-# The Keras the tests run with (./run-tests creates .venv), unless KERAS_VERSION says otherwise.
-keras=${KERAS_VERSION:-$(.venv/bin/python -c "import keras; print(keras.__version__)" 2>/dev/null)} \
-    || { echo "gpu_wheels.sh: no .venv to read the Keras version from: run ./run-tests once or set KERAS_VERSION" >&2; exit 1; }
+# The versions the tests pass with (constraints.txt); KERAS_VERSION overrides Keras's.
+pins=$(grep -E '^(keras|namex|optree)==' constraints.txt)
+[ "$(echo "$pins" | wc -l)" = 3 ] \
+    || { echo "gpu_wheels.sh: constraints.txt does not pin keras, namex and optree" >&2; exit 1; }
+if [ -n "${KERAS_VERSION:-}" ]; then
+    pins=$(echo "$pins" | sed "s/^keras==.*/keras==$KERAS_VERSION/")
+fi
+# shellcheck disable=SC2086
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$pyver" \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 -d .whl "keras==$keras" namex optree
+    --platform manylinux2014_x86_64 -d .whl $pins
 python3 -m pip wheel -q --no-deps -w .whl .
 ls -l .whl
 du -sh .whl

@@ -346,7 +346,10 @@ def test_image_tag_follows_the_source(tmp_path: Path):
     assert t1.startswith("nima-cpu:") and t1 == container.image_tag("cpu", repo)
     assert container.image_tag("cpu", repo, base_image="other:1") != t1
     (repo / "src" / "nima" / "a.py").write_text("x = 2\n")
-    assert container.image_tag("cpu", repo) != t1
+    t2 = container.image_tag("cpu", repo)
+    assert t2 != t1
+    (repo / "constraints.txt").write_text("numpy==2.4.6\n")  # new pins: a new image
+    assert container.image_tag("cpu", repo) != t2
 
 
 def test_launcher_does_not_import_tensorflow():

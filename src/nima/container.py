@@ -36,7 +36,8 @@ except ImportError:  # the host may not have the SDK yet: see nima.launch
 REPO = Path(__file__).resolve().parents[2]
 HOST_ROOT = PurePosixPath("/host")
 # Files that make up an image; their hash is part of its tag, so a code change rebuilds it.
-IMAGE_INPUTS = ("pyproject.toml", "README.md", "src", "models", ".dockerignore")
+IMAGE_INPUTS = ("pyproject.toml", "constraints.txt", "README.md", "src", "models",
+                ".dockerignore")
 # Named volumes that outlive the containers (paths as in Dockerfile.*), one set per user (the
 # folders a uid creates in them are its own: a shared volume filled by one uid is read-only
 # for the next): Keras' ImageNet weights, and ~/.cache, where nima keeps its TFLite

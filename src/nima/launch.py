@@ -10,7 +10,8 @@ written in a container (its job.json holds container paths) can be resumed from 
 engine steps themselves (image, mounts, the run) are nima.container's.
 
 Without a Docker engine (or with --local) the same `nima` command runs in the repository's
-.venv, which is created with `pip install -e .` on first use.
+.venv, which is created with `pip install -e .` on first use (the versions of constraints.txt,
+those the tests passed with, where they install).
 """
 
 from __future__ import annotations
@@ -206,6 +207,20 @@ def _refuse_busy_job(client: "container.docker.DockerClient", label: str, job: P
 
 # --- local fallback ------------------------------------------------------------------------------
 
+def pip_install(python: Path, requirements: Sequence[str], prog: str,
+                repo: Path = REPO) -> None:
+    """pip install REQUIREMENTS with the tested versions of repo/constraints.txt; where those
+    cannot be installed (another Python or platform), again without them, and say so."""
+    cmd = [str(python), "-m", "pip", "install", "-q", *requirements]
+    constraints = repo / "constraints.txt"
+    if constraints.is_file():
+        if subprocess.run([*cmd, "-c", str(constraints)]).returncode == 0:
+            return
+        print(f"{prog}: the tested versions of {constraints} do not install here; installing "
+              "the newest versions pyproject.toml allows", file=sys.stderr)
+    subprocess.run(cmd, check=True)
+
+
 def run_local(command: str, argv: list[str], repo: Path = REPO) -> NoReturn:
     """exec `nima COMMAND ARGV` from repo/.venv, creating it with `pip install -e .` if needed."""
     venv = repo / ".venv"
@@ -217,8 +232,7 @@ def run_local(command: str, argv: list[str], repo: Path = REPO) -> NoReturn:
         try:
             if not (venv / "bin" / "python").exists():
                 subprocess.run([base, "-m", "venv", str(venv)], check=True)
-            subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-e",
-                            str(repo)], check=True)
+            pip_install(venv / "bin" / "python", ["-e", str(repo)], PROGS[command], repo)
         except (subprocess.CalledProcessError, OSError) as e:
             raise LaunchError(f"could not create {venv}: {one_line(e)}") from None
     sys.stdout.flush()
@@ -237,7 +251,7 @@ def _bootstrap_sdk(command: str, argv: list[str]) -> NoReturn:
         try:
             subprocess.run([getattr(sys, "_base_executable", None) or sys.executable, "-m", "venv",
                             str(venv)], check=True)
-            subprocess.run([str(python), "-m", "pip", "install", "-q", "docker[ssh]>=7"], check=True)
+            pip_install(python, ["docker[ssh]>=7"], PROGS[command])
             (venv / ".ok").touch()
         except (subprocess.CalledProcessError, OSError) as e:
             raise LaunchError(f"could not install the docker SDK into {venv}: {one_line(e)}"

@@ -23,7 +23,10 @@ deps = tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]
 print("\n".join(sorted(deps) + ["pip>=24", "setuptools>=77", "wheel"]))
 PY
 )
-key=$( { echo "$reqs"; echo "$RECIPE"; } | sha256sum | cut -c1-16)
+# Installed at the pinned versions the Dockerfiles install (constraints.txt), so the image
+# build finds every requirement satisfied and needs no network.
+constraints=$repo/constraints.txt
+key=$( { echo "$reqs"; cat "$constraints"; echo "$RECIPE"; } | sha256sum | cut -c1-16)
 tag=nima-standin:$key
 if docker image inspect "$tag" >/dev/null 2>&1; then
     echo "standin: $tag already in the engine" >&2
@@ -62,9 +65,10 @@ if [ ! -f "$rootfs/.complete" ]; then
     rm -f "$tmp.log"
     rm -rf "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/*
     site=$tmp/usr/local/lib/python3.11/dist-packages  # on Debian python3's sys.path
-    echo "standin: pip install --target (from the host):" $reqs >&2
+    echo "standin: pip install --target (from the host, pinned by constraints.txt):" $reqs >&2
     # shellcheck disable=SC2086
-    "$python" -m pip install -q --no-cache-dir --target "$site" $(echo "$reqs" | tr '\n' ' ')
+    "$python" -m pip install -q --no-cache-dir --target "$site" -c "$constraints" \
+        $(echo "$reqs" | tr '\n' ' ')
     # Console scripts land in $site/bin with the host interpreter's path; the image does not
     # need them (the Dockerfile runs `python3 -m pip`).
     rm -rf "$site/bin"

@@ -95,8 +95,8 @@ def world(engine):
     for name in ("src", "models"):
         if (REPO / name).is_dir():
             shutil.copytree(REPO / name, repo / name, ignore=ignore)
-    for name in ("pyproject.toml", "README.md", "Dockerfile.cpu", "Dockerfile.gpu",
-                 ".dockerignore", "train-local", "predict"):
+    for name in ("pyproject.toml", "constraints.txt", "README.md", "Dockerfile.cpu",
+                 "Dockerfile.gpu", ".dockerignore", "train-local", "predict"):
         shutil.copy2(REPO / name, repo / name)
     sdk = root / "sdk"
     import certifi, charset_normalizer, idna, requests, urllib3  # noqa: E401 (the SDK's deps)
