@@ -203,7 +203,8 @@ def build_image(client: "docker.DockerClient", flavor: str, tag: str, repo: Path
     try:
         stream = client.api.build(path=str(repo), dockerfile=dockerfile.name, tag=tag,
                                   buildargs=args, network_mode=network, rm=True, forcerm=True,
-                                  decode=True, labels={"nima.version": __version__})
+                                  decode=True, labels={"nima.version": __version__,
+                                                       "nima.checkout": str(repo.resolve())})
         last = ""
         for chunk in stream:
             if "stream" in chunk:
@@ -237,7 +238,35 @@ def ensure_image(client: "docker.DockerClient", flavor: str, rebuild: bool = Fal
     else:
         say(f"rebuilding image {tag} from Dockerfile.{flavor}")
     build_image(client, flavor, tag, repo, base_image, os.environ.get("NIMA_DOCKER_BUILD_NETWORK"))
+    if not os.environ.get(f"NIMA_IMAGE_{flavor.upper()}"):
+        remove_older_images(client, flavor, tag, repo, say)
     return tag
+
+
+def remove_older_images(client: "docker.DockerClient", flavor: str, keep: str, repo: Path,
+                        say: Callable[[str], None] = print) -> None:
+    """Remove the tags this checkout built for `flavor` before `keep`, and with the last tag an
+    image's own layers: every code change makes a new tag, and the old ones would pile up
+    (about 15 MB each beyond the shared layers). Images of other checkouts on the same engine
+    stay, and so does an image a container still uses, stopped ones included (the engine
+    refuses): a detached job keeps its image until its container is removed."""
+    removed = []
+    label = f"nima.checkout={repo.resolve()}"
+    try:
+        for image in client.images.list(name=f"nima-{flavor}", filters={"label": label}):
+            for tag in image.tags:
+                if tag == keep or not tag.startswith(f"nima-{flavor}:"):
+                    continue
+                try:
+                    client.images.remove(tag)
+                except docker.errors.APIError:  # in use by a container, or already gone
+                    continue
+                removed.append(tag)
+    except docker.errors.DockerException as e:  # tidying up must never fail a run
+        say(f"could not remove older nima-{flavor} images: {one_line(e)}")
+        return
+    if removed:
+        say(f"removed {len(removed)} older image(s) of this checkout: {', '.join(sorted(removed))}")
 
 
 # --- containers ----------------------------------------------------------------------------------

@@ -536,6 +536,44 @@ def test_a_code_change_rebuilds_the_image_without_reinstalling_the_requirements(
         shutil.rmtree(repo.parent, ignore_errors=True)
 
 
+def test_a_rebuild_removes_the_older_images_of_its_own_checkout(world, monkeypatch):
+    """Every code change makes a new tag; the old ones go, except one a container still uses
+    and those another checkout built on the same engine."""
+    from nima import container as L
+
+    client = world["client"]
+    monkeypatch.setenv("NIMA_BASE_IMAGE", world["env"]["NIMA_BASE_IMAGE"])
+    monkeypatch.setenv("NIMA_DOCKER_BUILD_NETWORK", "host")
+    root = Path(tempfile.mkdtemp(prefix="nimarepo-", dir="/tmp"))
+    mine, other = root / "mine", root / "other"
+    shutil.copytree(world["repo"], mine)
+    shutil.copytree(world["repo"], other)
+    said: list[str] = []
+    tags, held = [], None
+    try:
+        tags.append(L.ensure_image(client, "cpu", say=said.append, repo=other))
+        for n in range(3):
+            with open(mine / "src" / "nima" / "errors.py", "a") as f:
+                f.write(f"\n# code change {n}\n")
+            tags.append(L.ensure_image(client, "cpu", say=said.append, repo=mine))
+            if n == 1:  # a stopped container of the second image keeps it
+                held = client.containers.create(tags[-1], ["--help"])
+        others, first, second, third = tags
+        present = {t for i in client.images.list(name="nima-cpu") for t in i.tags}
+        assert {others, second, third} <= present and first not in present, present
+        removed = [line for line in said if line.startswith("removed ")]
+        assert removed == [f"removed 1 older image(s) of this checkout: {first}"], said
+    finally:
+        if held is not None:
+            held.remove(force=True)
+        for tag in tags:
+            try:
+                client.images.remove(tag, force=True)
+            except docker.errors.APIError:
+                pass
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_a_failed_image_build_is_one_line(world):
     env = dict(world["env"], NIMA_BASE_IMAGE="localhost:1/no-such-base:1")
     r = launch(world, "predict", "--image-source", "images", env=env)
