@@ -325,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
     try:
         kerasbackend.check()
+        if kerasbackend.is_tensorflow():
+            kerasbackend.quiet_tensorflow_start()
         return args.run(args)
     except UsageError as e:
         # the subcommand's own usage line and prog ("nima train: error: ..."), not nima's

@@ -10,10 +10,14 @@ importing TensorFlow unless it is the backend.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
 import importlib.util
 import json
 import os
+import re
 import sys
+import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -117,3 +121,77 @@ def versions() -> dict[str, str]:
     except PackageNotFoundError:
         pass
     return found
+
+
+# --- TensorFlow's start-up lines -----------------------------------------------------------------
+
+# TensorFlow's native libraries log through abseil before anything calls absl::InitializeLog,
+# and such lines ignore TF_CPP_MIN_LOG_LEVEL: each start printed these seven here (TF 2.21, a
+# CPU machine), the last one looking like a failure. Only these exact messages are dropped; a
+# cuInit failure other than "no driver" (303), e.g. a driver too old, stays visible.
+NATIVE_NOISE = re.compile(
+    r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
+    r"|^I\d{4} [\d:. ]+\d+ port\.cc:\d+\] oneDNN custom operations are on\."
+    r"|^I\d{4} [\d:. ]+\d+ cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine, "
+    r"GPU will not be used\.$"
+    r"|^E\d{4} [\d:. ]+\d+ cuda_platform\.cc:\d+\] failed call to cuInit: .*\(303\)$")
+
+
+@contextlib.contextmanager
+def native_stderr_filtered(noise: re.Pattern = NATIVE_NOISE):
+    """Hold back what anything in this process, C++ included, writes to file descriptor 2, and
+    write it out at the end without the lines `noise` matches (Python's own writes too, in
+    order). Without a usable descriptor 2 nothing is filtered."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(x for x in lines if not noise.search(x.rstrip("\n"))))
+            sys.stderr.flush()
+
+
+class _QuietTensorFlow(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports `tensorflow`, wherever that first happens (Keras imports it too), inside
+    native_stderr_filtered, and lists its GPUs there: that is when CUDA is probed (the cuInit
+    line). Physical devices only, so the runtime stays unconfigured for tf.distribute."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # once; and the search below must not find us again
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        self.real = spec.loader
+        spec.loader = self
+        return spec
+
+    def create_module(self, spec):
+        return self.real.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        module.__loader__ = module.__spec__.loader = self.real
+        with native_stderr_filtered():
+            self.real.exec_module(module)
+            module.config.list_physical_devices("GPU")
+
+
+def quiet_tensorflow_start() -> None:
+    """Drop TensorFlow's start-up lines (NATIVE_NOISE) from this process's stderr. For the
+    command line: it costs nothing until TensorFlow is imported, and a command that never
+    imports it (predict from a cached TFLite file, the data tools) does not start it."""
+    if "tensorflow" not in sys.modules and not any(
+            isinstance(f, _QuietTensorFlow) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlow())

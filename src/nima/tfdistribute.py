@@ -117,7 +117,10 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
     else:
         strategy = tf.distribute.get_strategy()
-    log.info("distribution: %s, %d replica(s)", name, strategy.num_replicas_in_sync)
+    # Says what TensorFlow's own "GPU will not be used" line said (the CLI drops that line).
+    gpus = len(tf.config.list_logical_devices("GPU"))
+    log.info("distribution: %s, %d replica(s), %s", name, strategy.num_replicas_in_sync,
+             f"{gpus} GPU(s)" if gpus else "no GPU visible: on the CPU")
     return strategy
 
 
