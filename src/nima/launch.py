@@ -345,7 +345,9 @@ def _run(prog: str, client: "container.docker.DockerClient", tag: str, spec: Run
         print(f"training in container {started.name}; job directory {job}\n"
               f"  follow: {cli} logs -f {started.name}\n"
               f"  stop:   {cli} stop {started.name}   "
-              f"(then ./train-local --resume {job})")
+              f"(then ./train-local --resume {job})\n"
+              f"  when it is done: {cli} rm {started.name}   "
+              "(the stopped container keeps its log and its image until then)")
         return 0
     if code != 0 and job is not None:
         print(f"{prog}: training failed (exit {code}); job directory kept: {job}",

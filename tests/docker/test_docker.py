@@ -361,8 +361,17 @@ def test_a_killed_container_keeps_the_job_and_resume_finishes_it_detached(world)
         f"container {name} (follow it: {cli} logs -f {name}; stop it: {cli} stop {name})")
     try:
         assert container.wait(timeout=600)["StatusCode"] == 0, container.logs()[-3000:]
+        # The removal the launcher printed works as printed.
+        rm = next(x for x in r.stdout.splitlines() if x.strip().startswith("when it is done:"))
+        command = rm.split(":", 1)[1].split("(")[0].split()
+        assert command == [*cli.split(), "rm", name]
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+        assert name not in [c.name for c in client.containers.list(all=True)]
     finally:
-        container.remove(force=True)
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
     assert (job / "model.keras").is_file()
     assert len(json.loads((job / "history.json").read_text())) == 3
 
